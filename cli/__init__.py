@@ -1,0 +1,1 @@
+"""The `ddn` command-line interface (a click group)."""

@@ -1,0 +1,1 @@
+"""Data side of ddn: datasets, splits, proposals, combinatorial crops, shards, readers."""

@@ -1,0 +1,61 @@
+"""``manifest.json``: the index of a prepared directory.
+
+Keys: ``format_version``, ``ddn_version``, ``config`` (every setting that shapes the
+output), ``config_hash``, ``classes`` (background first), ``splits`` (counts and how
+the strong set was chosen), ``proposals``, ``shards`` (one entry per finished shard:
+file, kind, index, images, crops, bytes, sha256), ``skipped`` (bad images left out
+with ``--skip-bad``: id, file, reason), ``warnings``, ``complete``.
+
+It is rewritten atomically after every finished shard, so an interrupted run leaves
+a manifest that lists exactly the shards that are whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.shards import FORMAT_VERSION
+
+MANIFEST = "manifest.json"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+    os.replace(tmp, out / MANIFEST)
+
+
+def read_manifest(out: Path, *, require_complete: bool = True) -> dict[str, Any]:
+    """The manifest of a prepared directory, checked for format and completeness."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path}: not found; is {out} a directory made by `ddn prepare`?")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable manifest ({e})") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{path}: written by format version {version}, this ddn reads version "
+            f"{FORMAT_VERSION}; re-run `ddn prepare --overwrite`"
+        )
+    if require_complete and not manifest.get("complete"):
+        raise UserError(f"{path}: preparation did not finish; re-run the same `ddn prepare`")
+    return manifest
+
+
+def shard_paths(out: Path, manifest: dict[str, Any], kind: str) -> list[Path]:
+    """Finished shards of one kind, in index order."""
+    entries = sorted((s for s in manifest["shards"] if s["kind"] == kind), key=lambda s: s["index"])
+    return [Path(out) / s["file"] for s in entries]

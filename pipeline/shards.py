@@ -1,0 +1,200 @@
+"""The HDF5 shard format (version 1): writing one shard atomically, opening it.
+
+A prepared directory holds ``manifest.json``, ``splits/{weak,strong,val}.txt`` and
+shards named ``{kind}-{index:05d}.h5`` with kind in ``weak``, ``strong``, ``val``.
+Every shard holds, per image (N rows):
+
+``image_ids``     (N,)   str          the dataset's image id
+``images``        (N,)   vlen uint8   the original encoded file bytes (JPEG/PNG/...)
+``image_shapes``  (N,2)  int32        height, width of the decoded image
+``labels``        (N,C)  uint8        multi-hot image labels; column k-1 is class k
+
+``strong`` and ``val`` shards add ``masks`` (N,) vlen uint8: the label map as a
+single-channel PNG (0 background, k class k, 255 ignore). ``strong`` shards add the
+crop table, one row per training example (M rows), geometry only:
+
+``crop_image``    (M,)   int32    row of the source image in this shard
+``crop_subset``   (M,)   uint64   the subset P as a bitmask over the image's labels:
+                                  bit j set <=> the j-th class of ``labels[row]`` (in
+                                  increasing class order) is in P
+``crop_box``      (M,4)  float32  x0, y0, x1, y1 in source pixels (pixel i spans
+                                  [i, i+1)); may extend past the image
+``crop_origin``   (M,)   uint8    0 = region proposal, 1 = random box
+
+With ``--materialize S``: ``mat_images`` (M,S,S,3) uint8 and ``mat_masks`` (M,S,S)
+uint8 (0/1/255 for P), the box warped to SxS, one example per HDF5 chunk.
+
+File attributes: ``format_version``, ``kind``, ``classes`` (JSON list, background
+first), ``config_hash``, ``shard_index``, ``ddn_version``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ddn import __version__
+
+FORMAT_VERSION = 1
+KINDS = ("weak", "strong", "val")
+ORIGIN_PROPOSAL, ORIGIN_RANDOM = 0, 1
+
+
+def shard_name(kind: str, index: int) -> str:
+    return f"{kind}-{index:05d}.h5"
+
+
+@dataclass
+class ShardImages:
+    """Per-image columns of one shard, filled row by row by the shard builder."""
+
+    ids: list[str] = field(default_factory=list)
+    encoded: list[bytes] = field(default_factory=list)
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)  # multi-hot (C,) uint8
+    masks: list[bytes] = field(default_factory=list)  # PNG bytes; strong/val only
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class CropTable:
+    """Geometry-only training examples of one strong shard."""
+
+    image: np.ndarray  # (M,) int32
+    subset: np.ndarray  # (M,) uint64
+    box: np.ndarray  # (M,4) float32
+    origin: np.ndarray  # (M,) uint8
+
+    @classmethod
+    def empty(cls) -> CropTable:
+        return cls(
+            np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros((0, 4), np.float32),
+            np.zeros(0, np.uint8),
+        )
+
+    @classmethod
+    def concat(cls, parts: list[CropTable]) -> CropTable:
+        if not parts:
+            return cls.empty()
+        return cls(
+            np.concatenate([p.image for p in parts]).astype(np.int32),
+            np.concatenate([p.subset for p in parts]).astype(np.uint64),
+            np.concatenate([p.box for p in parts]).astype(np.float32).reshape(-1, 4),
+            np.concatenate([p.origin for p in parts]).astype(np.uint8),
+        )
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+
+def subset_classes(labels_row: np.ndarray, bitmask: int) -> list[int]:
+    """Class indices (1..C) of subset ``bitmask`` for an image with multi-hot ``labels_row``."""
+    present = np.flatnonzero(labels_row) + 1
+    return [int(c) for j, c in enumerate(present) if (int(bitmask) >> j) & 1]
+
+
+def subset_multi_hot(labels_row: np.ndarray, bitmask: int) -> np.ndarray:
+    """The subset as a multi-hot (C,) uint8 vector."""
+    out = np.zeros_like(labels_row, dtype=np.uint8)
+    for c in subset_classes(labels_row, bitmask):
+        out[c - 1] = 1
+    return out
+
+
+def _vlen_bytes(f: h5py.File, name: str, items: list[bytes]) -> None:
+    ds = f.create_dataset(name, (len(items),), dtype=h5py.vlen_dtype(np.uint8))
+    for i, b in enumerate(items):
+        ds[i] = np.frombuffer(b, dtype=np.uint8)
+
+
+def write_shard(
+    path: Path,
+    kind: str,
+    index: int,
+    classes: list[str],
+    config_hash: str,
+    images: ShardImages,
+    crops: CropTable | None = None,
+    materialized: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
+    """Write a shard under a temporary name, fsync, rename; return its manifest entry.
+
+    A reader or a resumed run never sees a partial file: until the rename the only
+    file on disk is ``.<name>.tmp``, which both ignore and a new run removes.
+    """
+    assert kind in KINDS
+    num_classes = len(classes) - 1
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["kind"] = kind
+            f.attrs["classes"] = json.dumps(classes)
+            f.attrs["config_hash"] = config_hash
+            f.attrs["shard_index"] = index
+            f.attrs["ddn_version"] = __version__
+            f.create_dataset("image_ids", data=np.array(images.ids, dtype=object),
+                             dtype=h5py.string_dtype())
+            _vlen_bytes(f, "images", images.encoded)
+            f.create_dataset("image_shapes", data=np.array(images.shapes, np.int32).reshape(-1, 2))
+            labels = np.array(images.labels, np.uint8).reshape(-1, num_classes)
+            f.create_dataset("labels", data=labels)
+            if kind in ("strong", "val"):
+                _vlen_bytes(f, "masks", images.masks)
+            if kind == "strong":
+                crops = crops if crops is not None else CropTable.empty()
+                f.create_dataset("crop_image", data=crops.image.astype(np.int32))
+                f.create_dataset("crop_subset", data=crops.subset.astype(np.uint64))
+                f.create_dataset("crop_box", data=crops.box.astype(np.float32).reshape(-1, 4))
+                f.create_dataset("crop_origin", data=crops.origin.astype(np.uint8))
+                if materialized is not None:
+                    mi, mm = materialized
+                    s = mi.shape[1]
+                    f.create_dataset("mat_images", data=mi, chunks=(1, s, s, 3) if len(mi) else None)
+                    f.create_dataset("mat_masks", data=mm, chunks=(1, s, s) if len(mm) else None)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {
+        "file": path.name,
+        "kind": kind,
+        "index": index,
+        "images": len(images),
+        "crops": len(crops) if crops is not None else 0,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def open_shard(path: Path) -> h5py.File:
+    """Open a finished shard read-only, refusing other format versions."""
+    f = h5py.File(path, "r")
+    version = int(f.attrs.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        f.close()
+        from pipeline.errors import UserError
+
+        raise UserError(
+            f"{path}: written by shard format version {version}, this ddn reads version "
+            f"{FORMAT_VERSION}; re-run `ddn prepare --overwrite`"
+        )
+    return f
