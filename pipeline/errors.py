@@ -17,3 +17,8 @@ class BadInputError(UserError):
         self.reason = reason
         self.image_id = image_id
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        # joblib ships worker exceptions back by pickling; the default would call
+        # __init__ with the formatted message only.
+        return (type(self), (self.path, self.reason, self.image_id))

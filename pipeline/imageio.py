@@ -73,7 +73,8 @@ def _load_png_labels(path: Path) -> np.ndarray:
                     raise BadInputError(path, "label map has values above 255")
                 return arr.astype(np.uint8)
             raise BadInputError(
-                path, f"label map must be a single-channel (palette or gray) PNG, got mode {im.mode}"
+                path,
+                f"label map must be a single-channel (palette or gray) PNG, got mode {im.mode}",
             )
     except FileNotFoundError:
         raise BadInputError(path, "file not found") from None
@@ -178,7 +179,9 @@ def safe_join(root: str | Path, relative: str, list_file: str | Path) -> Path:
     if not relative or os.path.isabs(relative) or "\\" in relative:
         raise UserError(f"{list_file}: id {relative!r} is not a plain relative name")
     root_r = Path(root).resolve()
-    joined = (root_r / relative).resolve()
+    # Lexical, not resolve(): a dataset assembled from symlinked files is legitimate;
+    # only the id itself must not climb out ("a/../../x").
+    joined = Path(os.path.normpath(root_r / relative))
     if joined != root_r and root_r not in joined.parents:
         raise UserError(f"{list_file}: id {relative!r} reaches outside the dataset root {root}")
     return root_r / relative
