@@ -1,0 +1,230 @@
+import numpy as np
+import pytest
+
+from pipeline.combinatorial import box_counts, image_crops, label_subsets, select_boxes
+from pipeline.combinatorial import summed_area_table as sat_of
+from pipeline.shards import ORIGIN_PROPOSAL, ORIGIN_RANDOM, subset_classes
+
+
+def _inside_count(mask: np.ndarray, box) -> int:
+    """Direct pixel counting: foreground pixels whose centre lies in the box."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy = np.arange(w) + 0.5, np.arange(h) + 0.5
+    inside = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
+    return int((mask & inside).sum())
+
+
+def _fg(h=60, w=80, rect=(20, 15, 50, 40)) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    x0, y0, x1, y1 = rect
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+# --- label_subsets -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_all_subsets_uncapped(k):
+    labels = tuple(range(3, 3 + k))
+    subsets = label_subsets(labels, None, np.random.default_rng(0))
+    assert subsets == list(range(1, 2**k))
+
+
+def test_bitmask_meaning_matches_shard_encoding():
+    labels = (2, 7, 15)
+    multi_hot = np.zeros(20, np.uint8)
+    multi_hot[np.array(labels) - 1] = 1
+    got = {b: subset_classes(multi_hot, b) for b in label_subsets(labels, None, None)}
+    assert got[0b001] == [2] and got[0b010] == [7] and got[0b100] == [15]
+    assert got[0b101] == [2, 15] and got[0b111] == [2, 7, 15]
+
+
+def test_cap_keeps_singletons_and_full_set_then_samples():
+    labels = tuple(range(1, 7))  # 63 subsets
+    a = label_subsets(labels, 20, np.random.default_rng(3))
+    b = label_subsets(labels, 20, np.random.default_rng(3))
+    assert a == b and len(a) == 20 and len(set(a)) == 20
+    assert a[:7] == [1, 2, 4, 8, 16, 32, 63]
+    rest = a[7:]
+    assert rest == sorted(rest)
+    assert all(2 <= bin(m).count("1") <= 5 for m in rest)
+    others = {frozenset(label_subsets(labels, 20, np.random.default_rng(s))[7:]) for s in range(5)}
+    assert len(others) > 1, "the sample must depend on the seed"
+
+
+def test_cap_not_reached_returns_all():
+    assert label_subsets((1, 2, 3), 7, np.random.default_rng(0)) == list(range(1, 8))
+
+
+def test_cap_below_singletons_plus_full_keeps_them_all():
+    got = label_subsets((1, 2, 3, 4), 3, np.random.default_rng(0))
+    assert got == [1, 2, 4, 8, 15]
+
+
+def test_cap_with_many_labels_uses_rejection_sampling():
+    labels = tuple(range(1, 41))
+    got = label_subsets(labels, 60, np.random.default_rng(0))
+    assert len(got) == 60 and len(set(got)) == 60
+    assert got[40] == 2**40 - 1
+    assert all(2 <= bin(m).count("1") < 40 for m in got[41:])
+
+
+def test_too_many_or_unsorted_labels_raise():
+    with pytest.raises(ValueError, match="63"):
+        label_subsets(tuple(range(1, 65)), 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="increasing"):
+        label_subsets((3, 1), None, np.random.default_rng(0))
+    assert label_subsets((), None, np.random.default_rng(0)) == []
+
+
+# --- counting ----------------------------------------------------------------------------
+
+
+def test_box_counts_match_direct_counting_including_fractional_and_outside_boxes():
+    rng = np.random.default_rng(0)
+    mask = rng.random((30, 40)) < 0.3
+    boxes = np.concatenate(
+        [rng.uniform(-10, 50, (200, 2)), rng.uniform(-10, 50, (200, 2))], axis=1
+    ).astype(np.float32)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+    got = box_counts(sat_of(mask), boxes)
+    want = [_inside_count(mask, b) for b in boxes]
+    np.testing.assert_array_equal(got, want)
+
+
+# --- select_boxes ------------------------------------------------------------------------
+
+
+def _proposals():
+    # (box, score): 0 and 2 enclose the fg (20,15)-(50,40); 1 cuts it in half; 3 is a
+    # duplicate of 0 after rounding with a lower score; 4 encloses 96%.
+    boxes = np.array(
+        [
+            [18, 12, 55, 44],
+            [0, 0, 35, 60],
+            [10, 10, 60, 50],
+            [18.2, 11.9, 54.8, 44.3],
+            [20, 15, 50, 39],
+        ],
+        np.float32,
+    )
+    scores = np.array([0.5, 0.99, 0.7, 0.45, 0.2], np.float32)
+    return boxes, scores
+
+
+def test_select_boxes_encloses_orders_and_dedupes():
+    fg = _fg()
+    boxes, scores = _proposals()
+    out, origin = select_boxes(fg, boxes, scores, 30, 0.95, np.random.default_rng(0))
+    assert out.shape == (30, 4) and out.dtype == np.float32 and origin.dtype == np.uint8
+    # Proposals first, by descending score; the non-enclosing top-scored one never taken;
+    # the rounded duplicate of box 0 dropped; the 96% box kept.
+    np.testing.assert_array_equal(out[:3], boxes[[2, 0, 4]])
+    assert list(origin[:3]) == [ORIGIN_PROPOSAL] * 3
+    assert np.all(origin[3:] == ORIGIN_RANDOM)
+    total = fg.sum()
+    for b in out:
+        assert _inside_count(fg, b) >= 0.95 * total
+    keys = {tuple(k) for k in np.rint(out).astype(int).tolist()}
+    assert len(keys) == 30
+
+
+def test_random_boxes_grow_the_tight_box_within_margin():
+    fg = _fg()
+    out, origin = select_boxes(
+        fg, np.zeros((0, 4)), np.zeros(0), 50, 0.95, np.random.default_rng(1), max_margin=0.5
+    )
+    assert np.all(origin == ORIGIN_RANDOM)
+    tight = np.array([20, 15, 50, 40], np.float32)
+    side = np.array([30, 25, 30, 25], np.float32)
+    grow = (out - tight) * np.array([-1, -1, 1, 1])
+    assert np.all(grow >= 0) and np.all(grow <= 0.5 * side + 1e-4)
+    assert np.all(out[:, 2:] <= 50 + 15 + 1e-4)
+
+
+def test_random_boxes_may_extend_past_the_image():
+    fg = _fg(rect=(0, 0, 30, 20))
+    out, _ = select_boxes(fg, np.zeros((0, 4)), np.zeros(0), 40, 0.95, np.random.default_rng(2))
+    assert (out[:, 0] < 0).any() and (out[:, 1] < 0).any()
+    assert all(_inside_count(fg, b) == fg.sum() for b in out)
+
+
+def test_select_boxes_is_deterministic_given_the_seed():
+    fg = _fg()
+    boxes, scores = _proposals()
+    a = select_boxes(fg, boxes, scores, 25, 0.95, np.random.default_rng(7))
+    b = select_boxes(fg, boxes, scores, 25, 0.95, np.random.default_rng(7))
+    c = select_boxes(fg, boxes, scores, 25, 0.95, np.random.default_rng(8))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_more_enclosing_proposals_than_n_takes_the_best():
+    fg = _fg()
+    boxes = np.array([[19 - i, 14, 51, 41] for i in range(10)], np.float32)
+    scores = np.arange(10, dtype=np.float32)
+    out, origin = select_boxes(fg, boxes, scores, 4, 0.95, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, boxes[[9, 8, 7, 6]])
+    assert np.all(origin == ORIGIN_PROPOSAL)
+
+
+def test_empty_foreground_gives_no_boxes():
+    out, origin = select_boxes(
+        np.zeros((10, 10), bool), *_proposals(), 20, 0.95, np.random.default_rng(0)
+    )
+    assert out.shape == (0, 4) and origin.shape == (0,)
+
+
+def test_tiny_foreground_still_yields_n_distinct_boxes():
+    fg = np.zeros((30, 30), bool)
+    fg[10, 12] = True
+    out, _ = select_boxes(fg, np.zeros((0, 4)), np.zeros(0), 200, 0.95, np.random.default_rng(0))
+    assert len(out) == 200
+    assert len({tuple(k) for k in np.rint(out).astype(int).tolist()}) == 200
+    assert all(_inside_count(fg, b) == 1 for b in out)
+
+
+# --- image_crops -------------------------------------------------------------------------
+
+
+def test_image_crops_covers_every_subset_and_encloses_its_foreground():
+    lm = np.zeros((60, 90), np.uint8)
+    lm[5:25, 5:30] = 3
+    lm[30:55, 40:70] = 8
+    lm[10:20, 60:85] = 11
+    lm[0, :] = 255  # ignore pixels are never foreground
+    labels = (3, 8, 11)
+    rng = np.random.default_rng(0)
+    proposals = np.array([[0, 0, 90, 60], [4, 4, 31, 26], [39, 29, 71, 56]], np.float32)
+    scores = np.array([0.3, 0.9, 0.8], np.float32)
+    table = image_crops(lm, labels, proposals, scores, 12, 0.95, None, rng)
+    assert len(table) == 12 * 7
+    assert table.image.dtype == np.int32 and np.all(table.image == 0)
+    assert table.subset.dtype == np.uint64 and table.box.dtype == np.float32
+    assert sorted(set(table.subset.tolist())) == list(range(1, 8))
+    for bits in range(1, 8):
+        rows = table.subset == bits
+        assert rows.sum() == 12
+        classes = [c for j, c in enumerate(labels) if bits >> j & 1]
+        fg = np.isin(lm, classes)
+        for b in table.box[rows]:
+            assert _inside_count(fg, b) >= 0.95 * fg.sum()
+    # The class-3 box (score 0.9) leads subset {3}; the whole-image box serves {3, 8, 11}.
+    first = table.box[table.subset == 1][0]
+    np.testing.assert_array_equal(first, proposals[1])
+    assert table.origin[table.subset == 7][0] == ORIGIN_PROPOSAL
+    again = image_crops(lm, labels, proposals, scores, 12, 0.95, None, np.random.default_rng(0))
+    np.testing.assert_array_equal(again.box, table.box)
+
+
+def test_image_crops_respects_subset_cap():
+    lm = np.zeros((40, 40), np.uint8)
+    for j, c in enumerate((1, 2, 4, 5, 6)):
+        lm[j * 8 : j * 8 + 6, 5:35] = c
+    table = image_crops(
+        lm, (1, 2, 4, 5, 6), np.zeros((0, 4)), np.zeros(0), 3, 0.95, 10, np.random.default_rng(0)
+    )
+    assert len(set(table.subset.tolist())) == 10 and len(table) == 30
