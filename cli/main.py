@@ -38,9 +38,9 @@ def cli() -> None:
 def _register() -> None:
     # Imported here so `ddn --help` stays fast and a broken optional piece
     # cannot take the whole CLI down at import time.
-    from cli import download, inspect_cmd, prepare, synth
+    from cli import demo, download, inspect_cmd, prepare, synth
 
-    for mod in (synth, prepare, inspect_cmd, download):
+    for mod in (demo, synth, prepare, inspect_cmd, download):
         cli.add_command(mod.command)
 
 

@@ -29,8 +29,12 @@ def warp_image(image: np.ndarray, box: Iterable[float], size: int) -> np.ndarray
     # cv2 works in pixel-centre coordinates, hence the -0.5.
     m = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]])
     return cv2.warpAffine(
-        image, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
+        image,
+        m,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
     )
 
 

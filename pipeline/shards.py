@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,9 @@ class CropTable:
     @classmethod
     def empty(cls) -> CropTable:
         return cls(
-            np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros((0, 4), np.float32),
+            np.zeros(0, np.int32),
+            np.zeros(0, np.uint64),
+            np.zeros((0, 4), np.float32),
             np.zeros(0, np.uint8),
         )
 
@@ -123,7 +126,7 @@ def write_shard(
     config_hash: str,
     images: ShardImages,
     crops: CropTable | None = None,
-    materialized: tuple[np.ndarray, np.ndarray] | None = None,
+    materialize: tuple[int, Callable[[int], tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> dict:
     """Write a shard under a temporary name, fsync, rename; return its manifest entry.
 
@@ -141,8 +144,9 @@ def write_shard(
             f.attrs["config_hash"] = config_hash
             f.attrs["shard_index"] = index
             f.attrs["ddn_version"] = __version__
-            f.create_dataset("image_ids", data=np.array(images.ids, dtype=object),
-                             dtype=h5py.string_dtype())
+            f.create_dataset(
+                "image_ids", data=np.array(images.ids, dtype=object), dtype=h5py.string_dtype()
+            )
             _vlen_bytes(f, "images", images.encoded)
             f.create_dataset("image_shapes", data=np.array(images.shapes, np.int32).reshape(-1, 2))
             labels = np.array(images.labels, np.uint8).reshape(-1, num_classes)
@@ -155,11 +159,8 @@ def write_shard(
                 f.create_dataset("crop_subset", data=crops.subset.astype(np.uint64))
                 f.create_dataset("crop_box", data=crops.box.astype(np.float32).reshape(-1, 4))
                 f.create_dataset("crop_origin", data=crops.origin.astype(np.uint8))
-                if materialized is not None:
-                    mi, mm = materialized
-                    s = mi.shape[1]
-                    f.create_dataset("mat_images", data=mi, chunks=(1, s, s, 3) if len(mi) else None)
-                    f.create_dataset("mat_masks", data=mm, chunks=(1, s, s) if len(mm) else None)
+                if materialize is not None:
+                    _write_materialized(f, len(crops), *materialize)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -175,6 +176,23 @@ def write_shard(
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
+
+
+def _write_materialized(
+    f: h5py.File, n: int, size: int, example: Callable[[int], tuple[np.ndarray, np.ndarray]]
+) -> None:
+    # Row by row: a strong shard can hold tens of thousands of crops, far more than
+    # fit in memory as pixels.
+    chunks = n > 0
+    images = f.create_dataset(
+        "mat_images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3) if chunks else None
+    )
+    masks = f.create_dataset(
+        "mat_masks", (n, size, size), np.uint8, chunks=(1, size, size) if chunks else None
+    )
+    images.attrs["size"] = size
+    for row in range(n):
+        images[row], masks[row] = example(row)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -1,0 +1,35 @@
+"""`ddn inspect DIR`: what a prepared directory holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pipeline.inspect import draw_grid, format_summary, summarize
+
+
+@click.command("inspect")
+@click.argument("prepared", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option(
+    "--grid",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write sample crops with their masks overlaid to this PNG.",
+)
+@click.option("--grid-size", default=16, show_default=True, help="Crops in the grid.")
+@click.option("--seed", default=0, show_default=True, help="Which crops the grid shows.")
+def command(prepared: Path, as_json: bool, grid: Path | None, grid_size: int, seed: int) -> None:
+    """Summarise a directory made by `ddn prepare`."""
+    summary = summarize(prepared)
+    if grid is not None:
+        summary["grid"] = str(grid)
+        summary["grid_crops"] = draw_grid(prepared, grid, n=grid_size, seed=seed)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(format_summary(summary))
+        if grid is not None:
+            click.echo(f"  grid           {grid} ({summary['grid_crops']} crops)")

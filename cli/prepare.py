@@ -1,0 +1,199 @@
+"""`ddn prepare`: build the weak / strong / val splits and the HDF5 shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.build import CropSettings
+from pipeline.errors import UserError
+from pipeline.prepare import ShardSettings, SplitSettings, prepare
+from pipeline.proposals import ProposalConfig
+from pipeline.splits import parse_strong_per_class
+
+PathArg = click.Path(path_type=Path)
+
+
+@click.command("prepare")
+@click.argument("out", type=PathArg)
+@click.option(
+    "--dataset",
+    type=click.Choice(["voc", "coco", "folder"]),
+    required=True,
+    help="Dataset adapter. The synthetic set from `ddn synth` is in VOC layout.",
+)
+@click.option(
+    "--root",
+    type=PathArg,
+    required=True,
+    help="voc: dir with VOCdevkit (or VOC2012); coco: train images; folder: the folder.",
+)
+@click.option(
+    "--sbd-root",
+    type=PathArg,
+    default=None,
+    help="voc: SBD 'dataset' dir, for the standard 10,582-image train_aug.",
+)
+@click.option("--ann", type=PathArg, default=None, help="coco: instances json of --root.")
+@click.option("--val-root", type=PathArg, default=None, help="coco: validation images.")
+@click.option("--val-ann", type=PathArg, default=None, help="coco: validation instances json.")
+@click.option(
+    "--categories",
+    default=None,
+    help="coco: comma-separated category names to keep (e.g. the 20 VOC classes).",
+)
+@click.option(
+    "--strong-per-class",
+    default="5",
+    help="Strong images per class (N x C in all), or 'full' for every mask.",
+)
+@click.option(
+    "--strong-list",
+    type=PathArg,
+    default=None,
+    help="Use these strong image ids (one per line) instead of choosing.",
+)
+@click.option(
+    "--weak-from",
+    type=click.Choice(["all", "strong"]),
+    default="all",
+    help="'strong': classifier data = the strong images only (DecoupledNet-Str).",
+)
+@click.option(
+    "--allow-short",
+    is_flag=True,
+    help="Take all images of a class that has fewer than --strong-per-class.",
+)
+@click.option("--seed", default=0, help="Seed for the strong split, random boxes and subsets.")
+@click.option(
+    "--method",
+    type=click.Choice(["edgebox", "selective-search", "random"]),
+    default="edgebox",
+    help="Region proposals for the combinatorial crops.",
+)
+@click.option("--proposals", "per_subset", default=200, help="N_p: boxes per label subset.")
+@click.option(
+    "--edge-model",
+    type=PathArg,
+    default=None,
+    help="OpenCV structured-edge model.yml.gz; without it edges come from gradients.",
+)
+@click.option("--max-boxes", default=1000, help="EdgeBoxes: candidate boxes per image.")
+@click.option("--edgebox-alpha", default=0.65, help="EdgeBoxes: step size of the box search.")
+@click.option("--edgebox-beta", default=0.75, help="EdgeBoxes: NMS threshold between boxes.")
+@click.option("--edgebox-min-score", default=0.01, help="EdgeBoxes: minimum box score.")
+@click.option(
+    "--enclose",
+    default=0.95,
+    help="A box encloses subset P when it holds at least this share of P's pixels.",
+)
+@click.option(
+    "--max-subsets",
+    default=64,
+    help="Cap on label subsets per image (all singletons, the full set, then random).",
+)
+@click.option(
+    "--materialize",
+    type=int,
+    default=None,
+    help="Also store SIZExSIZE pixel crops and masks, for tools outside ddn.",
+)
+@click.option("--shard-size", default=1000, help="Images per weak / val shard.")
+@click.option("--strong-shard-size", default=8, help="Images per strong shard.")
+@click.option("--jobs", default=-1, help="Parallel joblib workers (-1: all cores).")
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Skip unusable images (listed in the manifest) instead of stopping.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a directory prepared differently.")
+def command(
+    out: Path,
+    dataset: str,
+    root: Path,
+    sbd_root: Path | None,
+    ann: Path | None,
+    val_root: Path | None,
+    val_ann: Path | None,
+    categories: str | None,
+    strong_per_class: str,
+    strong_list: Path | None,
+    weak_from: str,
+    allow_short: bool,
+    seed: int,
+    method: str,
+    per_subset: int,
+    edge_model: Path | None,
+    max_boxes: int,
+    edgebox_alpha: float,
+    edgebox_beta: float,
+    edgebox_min_score: float,
+    enclose: float,
+    max_subsets: int,
+    materialize: int | None,
+    shard_size: int,
+    strong_shard_size: int,
+    jobs: int,
+    skip_bad: bool,
+    overwrite: bool,
+) -> None:
+    """Build splits and shards (images, label maps, combinatorial crop geometry) in OUT."""
+    from pipeline.datasets import load_dataset
+
+    if dataset == "voc":
+        options = {"root": root, "sbd_root": sbd_root}
+    elif dataset == "coco":
+        if ann is None:
+            raise UserError("--ann: required with --dataset coco")
+        cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+        options = {
+            "root": root,
+            "ann": ann,
+            "val_root": val_root,
+            "val_ann": val_ann,
+            "categories": cats,
+        }
+    else:
+        options = {"root": root}
+    if not 0 < enclose <= 1:
+        raise UserError(f"--enclose: must be in (0, 1], got {enclose}")
+    if per_subset < 1 or max_subsets < 1 or shard_size < 1 or strong_shard_size < 1:
+        raise UserError("--proposals, --max-subsets and shard sizes must be at least 1")
+    ds = load_dataset(dataset, **options)
+    proposals = ProposalConfig(
+        method=method,
+        edge_model=str(edge_model) if edge_model else None,
+        max_boxes=max_boxes,
+        alpha=edgebox_alpha,
+        beta=edgebox_beta,
+        min_score=edgebox_min_score,
+    )
+    manifest = prepare(
+        ds,
+        out,
+        SplitSettings(
+            parse_strong_per_class(strong_per_class),
+            str(strong_list.resolve()) if strong_list else None,
+            weak_from,
+            allow_short,
+            seed,
+        ),
+        CropSettings(proposals, per_subset, enclose, max_subsets, materialize, seed),
+        ShardSettings(shard_size, strong_shard_size, jobs),
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        dataset_config={
+            k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in options.items()
+        },
+    )
+    for w in manifest["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+    if manifest["skipped"]:
+        click.echo(f"skipped {len(manifest['skipped'])} bad images (see manifest.json)", err=True)
+    sp = manifest["splits"]
+    crops = sum(s["crops"] for s in manifest["shards"])
+    click.echo(
+        f"prepared {out}: {sp['weak']} weak, {sp['strong']} strong ({crops} crops), "
+        f"{sp['val']} val images"
+    )

@@ -1,0 +1,168 @@
+"""Building one shard: the unit of parallel work in `ddn prepare`.
+
+A task is a list of records plus the settings; the worker decodes each image once,
+validates it, computes proposals and combinatorial crops for strong images, and
+writes the shard atomically. Workers share nothing, so tasks can run in any order,
+on any joblib backend, on any machine that sees the output directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.combinatorial import image_crops
+from pipeline.cropping import warp_example
+from pipeline.errors import BadInputError, UserError
+from pipeline.imageio import (
+    check_label_map,
+    classes_in,
+    encode_label_png,
+    load_image,
+    load_label_map,
+)
+from pipeline.proposals import ProposalConfig, propose, set_single_thread
+from pipeline.records import Record
+from pipeline.shards import CropTable, ShardImages, shard_name, subset_classes, write_shard
+
+
+@dataclass
+class CropSettings:
+    """How combinatorial crops are made (all of it goes into the config hash)."""
+
+    proposals: ProposalConfig
+    per_subset: int = 200  # N_p
+    enclose: float = 0.95
+    max_subsets: int | None = 32
+    materialize: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class ShardTask:
+    kind: str
+    index: int
+    records: list[Record]
+    classes: list[str]
+    config_hash: str
+    out: Path
+    crops: CropSettings
+    skip_bad: bool = False
+    drop_empty: bool = False
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.out / shard_name(self.kind, self.index)
+
+
+def image_rng(seed: int, image_id: str) -> np.random.Generator:
+    """Per-image randomness that does not depend on sharding, order or worker count."""
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _multi_hot(labels: tuple[int, ...], num_classes: int) -> np.ndarray:
+    v = np.zeros(num_classes, np.uint8)
+    v[[c - 1 for c in labels]] = 1
+    return v
+
+
+def _image_labels(task: ShardTask, rec: Record, mask: np.ndarray | None) -> tuple[int, ...]:
+    if task.kind == "strong":
+        # Combinatorial subsets only make sense for classes that own pixels.
+        labels = classes_in(mask)
+    elif rec.labels is not None:
+        labels = tuple(sorted(set(rec.labels)))
+    else:
+        labels = classes_in(mask)
+    bad = [c for c in labels if not 1 <= c < len(task.classes)]
+    if bad:
+        raise BadInputError(rec.image, f"labels {bad} are outside 1..{len(task.classes) - 1}")
+    if not labels and task.kind != "val":
+        where = rec.mask if isinstance(rec.mask, Path) else rec.image
+        raise BadInputError(where, "image has no object (no class in its mask or labels)", rec.id)
+    return labels
+
+
+def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
+    """Write ``task``'s shard; return its manifest entry and the images skipped."""
+    set_single_thread()
+    images = ShardImages()
+    tables: list[CropTable] = []
+    sources: list[tuple[np.ndarray, np.ndarray]] = []  # kept only for --materialize
+    skipped: list[dict] = []
+    dropped = 0
+    num_classes = len(task.classes) - 1
+    for rec in task.records:
+        try:
+            data, pixels = load_image(rec.image)
+            mask = None
+            if task.kind != "weak" or rec.labels is None:
+                if rec.mask is None:
+                    raise BadInputError(rec.image, "image has neither a mask nor labels", rec.id)
+                mask = load_label_map(rec.mask)
+                where = rec.mask if isinstance(rec.mask, Path) else rec.image
+                check_label_map(mask, pixels.shape[:2], num_classes, where)
+            labels = _image_labels(task, rec, mask)
+        except BadInputError as e:
+            if e.reason.startswith("image has no object") and task.drop_empty:
+                dropped += 1
+                continue
+            if not task.skip_bad:
+                raise
+            skipped.append({"id": rec.id, "file": e.path, "reason": e.reason})
+            continue
+        row = len(images)
+        images.ids.append(rec.id)
+        images.encoded.append(data)
+        images.shapes.append(pixels.shape[:2])
+        images.labels.append(_multi_hot(labels, num_classes))
+        if task.kind in ("strong", "val"):
+            images.masks.append(encode_label_png(mask))
+        if task.kind == "strong":
+            rng = image_rng(task.crops.seed, rec.id)
+            boxes, scores = propose(pixels, task.crops.proposals, rng)
+            table = image_crops(
+                mask,
+                labels,
+                boxes,
+                scores,
+                task.crops.per_subset,
+                task.crops.enclose,
+                task.crops.max_subsets,
+                rng,
+            )
+            table.image[:] = row
+            tables.append(table)
+            if task.crops.materialize:
+                sources.append((pixels, mask))
+    crops = CropTable.concat(tables) if task.kind == "strong" else None
+    materialize = None
+    if crops is not None and task.crops.materialize:
+
+        def example(i: int) -> tuple[np.ndarray, np.ndarray]:
+            r = int(crops.image[i])
+            subset = subset_classes(images.labels[r], int(crops.subset[i]))
+            return warp_example(*sources[r], crops.box[i], subset, task.crops.materialize)
+
+        materialize = (task.crops.materialize, example)
+    try:
+        entry = write_shard(
+            task.path,
+            task.kind,
+            task.index,
+            task.classes,
+            task.config_hash,
+            images,
+            crops,
+            materialize,
+        )
+    except OSError as e:
+        raise UserError(f"{task.path}: cannot write shard ({e.strerror or e})") from None
+    if dropped:
+        entry["dropped_empty"] = dropped
+    return entry, skipped

@@ -1,0 +1,107 @@
+"""What a prepared directory holds: a summary and a picture of sample crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.manifest import read_manifest
+
+
+def summarize(prepared: Path) -> dict[str, Any]:
+    """Counts and sizes of a prepared directory (the object `ddn inspect --json` prints)."""
+    m = read_manifest(prepared, require_complete=False)
+    shards = m["shards"]
+
+    def count(kind: str, key: str) -> int:
+        return sum(s[key] for s in shards if s["kind"] == kind)
+
+    return {
+        "path": str(prepared),
+        "dataset": m["config"]["dataset"]["name"],
+        "classes": m["classes"],
+        "weak_images": count("weak", "images"),
+        "strong_images": count("strong", "images"),
+        "val_images": count("val", "images"),
+        "crops": count("strong", "crops"),
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": len(shards),
+        "complete": bool(m.get("complete")),
+        "skipped": len(m.get("skipped", [])),
+        "warnings": m.get("warnings", []),
+        "strong_selection": m["splits"].get("strong_selection", {}).get("rule"),
+        "proposals": m.get("proposals", {}).get("method"),
+        "config_hash": m["config_hash"],
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    per_crop = s["bytes"] / s["crops"] if s["crops"] else 0.0
+    lines = [
+        f"{s['path']}  ({s['dataset']}, {'complete' if s['complete'] else 'INCOMPLETE'})",
+        f"  classes        {len(s['classes']) - 1} + background: " + ", ".join(s["classes"][1:]),
+        f"  weak images    {s['weak_images']}",
+        f"  strong images  {s['strong_images']}  (selection: {s['strong_selection']})",
+        f"  val images     {s['val_images']}",
+        f"  crops          {s['crops']}  (proposals: {s['proposals']})",
+        f"  storage        {s['bytes'] / 2**20:.1f} MiB in {s['shards']} shards "
+        f"({per_crop:.0f} bytes per training example)",
+    ]
+    if s["skipped"]:
+        lines.append(f"  skipped        {s['skipped']} bad images (listed in manifest.json)")
+    lines += [f"  warning        {w}" for w in s["warnings"]]
+    return "\n".join(lines)
+
+
+def _overlay(image: np.ndarray, target: np.ndarray) -> np.ndarray:
+    # Synthetic and real images are colourful, so a tint is easy to miss: dim the
+    # ground, whiten the ignore band and outline the figure in red instead.
+    out = image.astype(np.float32)
+    fg, ignore = target == 1, target == 255
+    out[~fg & ~ignore] *= 0.3
+    out[ignore] = 0.4 * out[ignore] + 0.6 * 255
+    fg8 = fg.astype(np.uint8)
+    edge = cv2.morphologyEx(fg8, cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8)) > 0
+    out[edge] = (255, 0, 0)
+    return out.astype(np.uint8)
+
+
+def draw_grid(prepared: Path, out_png: Path, n: int = 16, cell: int = 160, seed: int = 0) -> int:
+    """Sample crops with their figure/ground masks overlaid; returns how many were drawn."""
+    from pipeline.readers import CropDataset
+
+    ds = CropDataset(prepared, flip=False, seed=seed)
+    if len(ds) == 0:
+        return 0
+    idx = np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)
+    cols = int(np.ceil(np.sqrt(len(idx))))
+    rows = int(np.ceil(len(idx) / cols))
+    caption_h = 18
+    grid = np.full((rows * (cell + caption_h), cols * cell, 3), 255, np.uint8)
+    for k, i in enumerate(idx):
+        item = ds[int(i)]
+        img = item["image"].permute(1, 2, 0).numpy()
+        tile = cv2.resize(
+            _overlay(img, item["target"].numpy()), (cell, cell), interpolation=cv2.INTER_NEAREST
+        )
+        r, c = divmod(k, cols)
+        y, x = r * (cell + caption_h), c * cell
+        grid[y : y + cell, x : x + cell] = tile
+        names = [ds.classes[j + 1] for j in np.flatnonzero(item["subset"].numpy())]
+        cv2.putText(
+            grid,
+            "+".join(names)[:24],
+            (x + 3, y + cell + 13),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_png), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return len(idx)

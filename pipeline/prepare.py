@@ -1,0 +1,260 @@
+"""`ddn prepare`: dataset -> splits -> shards, in parallel, resumable.
+
+Steps: list the dataset (adapter) -> learn each training image's classes (from
+labels or a scan of its mask, cached) -> choose weak / strong / val -> cut the
+lists into shard tasks -> run the tasks not already finished with joblib, updating
+the manifest after each. Re-running the same command resumes; a different config
+into the same directory is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from ddn import __version__
+from pipeline.build import CropSettings, ShardTask, build_shard
+from pipeline.errors import BadInputError, UserError
+from pipeline.imageio import classes_in, load_label_map
+from pipeline.manifest import MANIFEST, config_hash, write_manifest
+from pipeline.records import DatasetSplits, Record
+from pipeline.shards import FORMAT_VERSION, sha256_file
+from pipeline.splits import read_strong_list, select_strong, write_split_files
+
+
+@dataclass
+class SplitSettings:
+    strong_per_class: int | None = 5  # None = full
+    strong_list: str | None = None
+    weak_from: str = "all"  # "all" | "strong" (DecoupledNet-Str)
+    allow_short: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ShardSettings:
+    shard_size: int = 1000  # images per weak / val shard
+    strong_shard_size: int = 8  # strong images are the slow ones: small tasks parallelise
+    jobs: int = -1
+
+
+def _scan_one(rec: Record) -> tuple[str, tuple[int, ...] | None, dict | None]:
+    try:
+        return rec.id, classes_in(load_label_map(rec.mask)), None
+    except BadInputError as e:
+        return rec.id, None, {"id": rec.id, "file": e.path, "reason": e.reason}
+
+
+def scan_mask_classes(
+    records: list[Record], out: Path, chash: str, jobs: int, skip_bad: bool
+) -> tuple[dict[str, tuple[int, ...]], list[dict]]:
+    """Classes present in each training mask; cached per config in ``out/.scan.json``
+    (only when every mask was readable)."""
+    cache = out / ".scan.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("config_hash") == chash:
+            return {k: tuple(v) for k, v in data["classes"].items()}, []
+    # Labels given by the adapter (COCO) stand in for the mask's classes: painting
+    # every COCO mask just to choose the strong set would cost minutes.
+    classes: dict[str, tuple[int, ...]] = {
+        r.id: tuple(sorted(r.labels)) for r in records if r.mask is not None and r.labels
+    }
+    with_mask = [r for r in records if r.mask is not None and not r.labels]
+    results = Parallel(n_jobs=jobs, return_as="generator")(delayed(_scan_one)(r) for r in with_mask)
+    skipped: list[dict] = []
+    with tqdm(results, total=len(with_mask), desc="scan masks", unit="img") as bar:
+        for rid, cls, bad in bar:
+            if bad is None:
+                classes[rid] = cls
+            elif skip_bad:
+                skipped.append(bad)
+            else:
+                raise UserError(f"{bad['file']}: {bad['reason']}")
+    if not skipped:  # a bad file may be fixed before the next run: scan it again then
+        cache.write_text(json.dumps({"config_hash": chash, "classes": classes}))
+    return classes, skipped
+
+
+def _check_output_dir(out: Path, chash: str, overwrite: bool) -> dict | None:
+    """The manifest to resume from, or None for a fresh start; refuses mixing configs."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    manifest_path = out / MANIFEST
+    old = None
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        same = old.get("format_version") == FORMAT_VERSION and old.get("config_hash") == chash
+        if not same and not overwrite:
+            why = (
+                f"format version {old.get('format_version')} (this ddn writes {FORMAT_VERSION})"
+                if old.get("format_version") != FORMAT_VERSION
+                else "a different configuration"
+            )
+            raise UserError(
+                f"{out}: already prepared with {why}; use another directory or --overwrite"
+            )
+        if not same:
+            old = None
+    elif (
+        out.is_dir()
+        and not overwrite
+        and any(p for p in out.iterdir() if not p.name.startswith("."))
+    ):
+        raise UserError(f"{out}: not empty and not a ddn prepared directory; use --overwrite")
+    if overwrite and old is None and out.is_dir():
+        for p in out.iterdir():
+            if p.suffix == ".h5" or p.name in (MANIFEST, "splits", ".scan.json"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{out}: cannot write here ({e.strerror or e})") from None
+    for tmp in out.glob(".*.tmp"):  # left by an interrupted run; never valid
+        tmp.unlink()
+    return old
+
+
+def _finished(out: Path, old: dict | None) -> dict[str, dict]:
+    """Shards of a previous run that are listed and intact (size and sha256 match)."""
+    done = {}
+    for entry in (old or {}).get("shards", []):
+        p = out / entry["file"]
+        if p.is_file() and p.stat().st_size == entry["bytes"] and sha256_file(p) == entry["sha256"]:
+            done[entry["file"]] = entry
+    return done
+
+
+def _chunks(records: list[Record], size: int) -> list[list[Record]]:
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def prepare(
+    ds: DatasetSplits,
+    out: Path,
+    split: SplitSettings,
+    crops: CropSettings,
+    shards: ShardSettings,
+    *,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    dataset_config: dict[str, Any] | None = None,
+) -> dict:
+    """Prepare ``ds`` into ``out``; returns the final manifest."""
+    out = Path(out)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "dataset": {"name": ds.name, **(dataset_config or {})},
+        "classes": ds.classes,
+        "split": asdict(split),
+        "crops": {**asdict(crops), "proposals": crops.proposals.to_dict()},
+        "shards": {"shard_size": shards.shard_size, "strong_shard_size": shards.strong_shard_size},
+        # skip_bad is not part of the config: a shard finished without it holds no
+        # bad image, so it is the same shard with it, and the usual fix for a failed
+        # run (re-run with --skip-bad) keeps the work already done.
+        # Adding or removing images changes the output, so the listing is part of it.
+        "listing_sha256": hashlib.sha256(
+            "\n".join([r.id for r in ds.train] + ["--val--"] + [r.id for r in ds.val]).encode()
+        ).hexdigest(),
+    }
+    if split.strong_list:
+        # The list's content, not just its path, decides the output.
+        if not Path(split.strong_list).is_file():
+            raise UserError(f"{split.strong_list}: strong list file not found")
+        config["split"]["strong_list_sha256"] = sha256_file(Path(split.strong_list))
+    chash = config_hash(config)
+    old = _check_output_dir(out, chash, overwrite)
+
+    # Which training images have which classes decides the strong set.
+    mask_classes, skipped = scan_mask_classes(ds.train, out, chash, shards.jobs, skip_bad)
+    train_ids = [r.id for r in ds.train]
+    by_id = {r.id: r for r in ds.train}
+    if split.strong_list:
+        strong_ids = read_strong_list(split.strong_list, train_ids, set(mask_classes))
+        strong_report = {"rule": "list", "file": str(split.strong_list)}
+    else:
+        strong_ids, strong_report = select_strong(
+            train_ids,
+            mask_classes,
+            ds.classes,
+            split.strong_per_class,
+            split.seed,
+            split.allow_short,
+        )
+    if not strong_ids:
+        raise UserError("no strong image: no training image has a mask with an object class")
+    bad_ids = {s["id"] for s in skipped}
+    if split.weak_from == "strong":
+        weak = [by_id[i] for i in strong_ids]
+    else:
+        weak = [r for r in ds.train if r.id not in bad_ids]
+    strong = [by_id[i] for i in strong_ids]
+    val = list(ds.val)
+    write_split_files(
+        out, {"weak": [r.id for r in weak], "strong": strong_ids, "val": [r.id for r in val]}
+    )
+
+    drop_empty = ds.name == "coco"  # COCO images without a chosen category are normal
+    tasks = [
+        ShardTask(kind, i, chunk, ds.classes, chash, out, crops, skip_bad, drop_empty)
+        for kind, recs, size in (
+            ("strong", strong, shards.strong_shard_size),
+            ("weak", weak, shards.shard_size),
+            ("val", val, shards.shard_size),
+        )
+        for i, chunk in enumerate(_chunks(recs, size))
+    ]
+    done = _finished(out, old)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "ddn_version": __version__,
+        "config": config,
+        "config_hash": chash,
+        "classes": ds.classes,
+        "dataset": ds.info,
+        "splits": {
+            "weak": len(weak),
+            "strong": len(strong),
+            "val": len(val),
+            "strong_selection": strong_report,
+        },
+        "proposals": crops.proposals.to_dict(),
+        "shards": sorted(done.values(), key=lambda e: (e["kind"], e["index"])),
+        # Images left out with --skip-bad: from the mask scan, and per shard (kept only
+        # for shards that survive into this run).
+        "skipped": list(skipped)
+        + [s for s in (old or {}).get("skipped", []) if s.get("shard") in done],
+        "skip_bad": skip_bad,
+        "warnings": list(strong_report.get("warnings", [])),
+        "complete": False,
+    }
+    todo = [t for t in tasks if t.path.name not in done]
+    write_manifest(out, manifest)
+    results = Parallel(n_jobs=shards.jobs, return_as="generator_unordered")(
+        delayed(build_shard)(t) for t in todo
+    )
+    # The context manager ends the bar's line even when a task fails, so the error
+    # message that follows starts on a line of its own.
+    with tqdm(total=sum(len(t.records) for t in todo), desc="prepare", unit="img") as progress:
+        for entry, bad in results:
+            manifest["shards"].append(entry)
+            manifest["shards"].sort(key=lambda e: (e["kind"], e["index"]))
+            manifest["skipped"] += [{**b, "shard": entry["file"]} for b in bad]
+            write_manifest(out, manifest)
+            progress.update(entry["images"] + len(bad) + entry.get("dropped_empty", 0))
+    manifest["complete"] = True
+    write_manifest(out, manifest)
+    return manifest
