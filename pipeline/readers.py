@@ -1,0 +1,279 @@
+"""Streaming readers of a prepared directory: what the trainers and evaluation iterate.
+
+- `CropDataset`: the segmenter's training examples, one per crop-table row of the strong
+  shards, re-materialised from (source image, box, subset P) as the reference code cuts
+  them: the box warped to ``warp_size`` (`pipeline.cropping.warp_example`), then a
+  random ``crop_size`` crop and a random horizontal flip. The kept window is sampled
+  directly (`pipeline.training_crop`): same sample points, same target bit for bit.
+- `WeakDataset`: the classifier's examples (image + multi-hot labels).
+- `ValDataset`: whole validation images with their masks, for evaluation.
+
+Randomness is a pure function of (seed, epoch, index), so an example is the same
+whatever the number of DataLoader workers or the order they are served in; call
+``set_epoch(e)`` before each epoch. A DataLoader with ``persistent_workers=True`` keeps
+the workers' copies of the dataset, so ``set_epoch`` there needs non-persistent workers.
+
+All datasets are cheap to build (the manifest only) and open HDF5 lazily in each
+process (`pipeline.shard_access`), so they are safe to build before DataLoader forks
+and to pickle for the spawn start method. Do not call ``cv2.setNumThreads`` in a forked
+worker (e.g. in ``worker_init_fn``): once the parent has used cv2's thread pool, that
+call deadlocks most of the time (cv2 5.0, measured here); set it in the parent instead.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.errors import UserError
+from pipeline.imageio import decode_image, decode_label_png
+from pipeline.shard_access import ByteLRU, ShardSet
+from pipeline.shards import subset_classes
+from pipeline.training_crop import crop_image_chw, crop_target
+
+IMAGE_CACHE_BYTES = 512 << 20
+SOURCES = ("weak", "strong", "val")
+
+
+def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random stream of one example in one epoch."""
+    return np.random.default_rng((seed, epoch, index))
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    # Area averaging when shrinking, close to an antialiased resize (MATLAB's imresize,
+    # PIL); plain bilinear would alias. Bilinear when enlarging, where area is blocky.
+    shrink = width <= image.shape[1] and height <= image.shape[0]
+    return cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
+
+
+def pad_to_square_and_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """The reference's network input: zero-pad at bottom/right to a square, resize to size.
+
+    Works on HxW or HxWxC arrays. A prediction on the result maps back to the image by
+    resizing to the padded square (max(H, W)) and keeping the top-left H x W.
+    """
+    h, w = image.shape[:2]
+    side = max(h, w)
+    padded = np.zeros((side, side, *image.shape[2:]), dtype=image.dtype)
+    padded[:h, :w] = image
+    return _resize(padded, size, size)
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop, torchvision's RandomResizedCrop rule."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    # Fallback after 10 misses (very elongated images): the central crop at the
+    # nearest allowed aspect ratio.
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _to_chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+class _ShardDataset(Dataset):
+    """What every reader shares: the shard set, classes, the epoch, image decoding."""
+
+    def __init__(
+        self, prepared_dir: str | Path, kind: str, count_key: str, preload: tuple[str, ...]
+    ) -> None:
+        self.shards = ShardSet(prepared_dir, kind, count_key, preload)
+        if len(self.shards) == 0:
+            raise UserError(
+                f"{self.shards.root}: the manifest lists no {kind} {count_key}; "
+                f"was `ddn prepare` run with a {kind} split?"
+            )
+        self.classes = self.shards.classes
+        self.num_classes = len(self.classes) - 1
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _index(self, index: int) -> int:
+        return index + len(self) if index < 0 else index
+
+    def _decode(self, shard: int, row: int, mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        f = self.shards.file(shard)
+        where = f"{self.shards.files[shard]} (image row {row})"
+        image = decode_image(f["images"][row].tobytes(), where)
+        if not mask:
+            return image, None
+        labels = decode_label_png(f["masks"][row])
+        if labels.shape != image.shape[:2]:
+            raise UserError(f"{where}: stored mask size differs from its image")
+        return image, labels
+
+
+class CropDataset(_ShardDataset):
+    """Segmenter training examples: one per crop-table row of the strong shards.
+
+    Item: ``image`` uint8 (3, crop, crop), ``target`` uint8 (crop, crop) with 1 for
+    classes in P, 0 for other classes and background, 255 ignore (also outside the
+    source image), ``subset`` float32 (C,) multi-hot of P, ``index``.
+
+    Each worker decodes a source image once and keeps it in an LRU cache of
+    ``cache_bytes`` (RGBA image + label map, ~0.9 MB for 500x375): the ~200 crops of an
+    image then cost a warp each, not a decode. With a shuffled crop table the hit rate
+    is about cache size / strong set size: give it room for the whole strong set where
+    memory allows (VOC 5-25 per class: 100-500 images, 0.1-0.5 GB per worker).
+    """
+
+    def __init__(
+        self,
+        prepared_dir: str | Path,
+        warp_size: int = 350,
+        crop_size: int = 320,
+        flip: bool = True,
+        seed: int = 0,
+        cache_bytes: int = IMAGE_CACHE_BYTES,
+    ) -> None:
+        if not 0 < crop_size <= warp_size:
+            raise UserError(f"crop size {crop_size} must be in 1..warp size {warp_size}")
+        preload = ("crop_image", "crop_subset", "crop_box", "labels")
+        super().__init__(prepared_dir, "strong", "crops", preload)
+        self.warp_size, self.crop_size, self.flip, self.seed = warp_size, crop_size, flip, seed
+        self.image_cache = ByteLRU(cache_bytes)
+
+    def crop_params(self, index: int) -> tuple[int, int, bool]:
+        """(top, left, flip) of example ``index`` in the current epoch."""
+        rng = example_rng(self.seed, self.epoch, self._index(index))
+        top, left = (int(v) for v in rng.integers(0, self.warp_size - self.crop_size + 1, 2))
+        flip = bool(rng.random() < 0.5)  # drawn even when flip is off: same crops either way
+        return top, left, flip and self.flip
+
+    def _source(self, shard: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        hit = self.image_cache.get((shard, row))
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        image, labels = self._decode(shard, row, mask=True)
+        # Kept as RGBA: cv2's 4-channel bilinear warp is vectorised and about twice as
+        # fast as the 3-channel one, with bit-identical colour channels.
+        value = (cv2.cvtColor(image, cv2.COLOR_RGB2RGBA), labels)
+        self.image_cache.put((shard, row), value)
+        return value
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self._index(index)
+        shard, row = self.shards.locate(index)
+        cols = self.shards.columns(shard)
+        image_row = int(cols["crop_image"][row])
+        labels_row, bitmask = cols["labels"][image_row], int(cols["crop_subset"][row])
+        box = cols["crop_box"][row].tolist()
+        rgba, labels = self._source(shard, image_row)
+        top, left, flip = self.crop_params(index)
+        window = (self.warp_size, top, left, self.crop_size, flip)
+        subset = subset_classes(labels_row, bitmask)
+        multi_hot = np.zeros(self.num_classes, np.float32)
+        multi_hot[[c - 1 for c in subset]] = 1  # = subset_multi_hot, without a second pass
+        return {
+            "image": torch.from_numpy(crop_image_chw(rgba, box, *window)),
+            "target": torch.from_numpy(crop_target(labels, box, subset, *window)),
+            "subset": torch.from_numpy(multi_hot),
+            "index": index,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned workers fill their own cache; pickling ours would copy up to its budget.
+        state = self.__dict__.copy()
+        state["image_cache"] = ByteLRU(self.image_cache.max_bytes)
+        return state
+
+
+class WeakDataset(_ShardDataset):
+    """Classifier examples: ``image`` uint8 (3, size, size), ``labels`` float32 (C,).
+
+    Training: a random resized crop (scale 0.5-1, aspect 3/4-4/3) and a random flip.
+    Evaluation (``train=False``): `pad_to_square_and_resize`, the reference's inference
+    input. ``source`` picks the shards: 'weak', 'strong' or 'val' (classifier validation).
+    """
+
+    def __init__(
+        self,
+        prepared_dir: str | Path,
+        size: int = 320,
+        train: bool = True,
+        seed: int = 0,
+        source: str = "weak",
+    ) -> None:
+        if source not in SOURCES:
+            raise UserError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+        if size < 1:
+            raise UserError(f"image size must be positive, got {size}")
+        super().__init__(prepared_dir, source, "images", ("labels",))
+        self.size, self.train, self.seed = size, train, seed
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self._index(index)
+        shard, row = self.shards.locate(index)
+        image, _ = self._decode(shard, row, mask=False)
+        if self.train:
+            rng = example_rng(self.seed, self.epoch, index)
+            top, left, h, w = random_resized_crop_box(rng, *image.shape[:2])
+            image = _resize(image[top : top + h, left : left + w], self.size, self.size)
+            if rng.random() < 0.5:
+                image = image[:, ::-1]
+        else:
+            image = pad_to_square_and_resize(image, self.size)
+        labels = self.shards.columns(shard)["labels"][row].astype(np.float32)
+        return {"image": _to_chw(image), "labels": torch.from_numpy(labels), "index": index}
+
+
+class ValDataset(_ShardDataset):
+    """Validation images at their original size, for evaluation.
+
+    Item: ``id`` str, ``image`` uint8 HxWx3 numpy (RGB), ``mask`` uint8 HxW numpy
+    (0 background, k class k, 255 ignore), ``labels`` float32 (C,) numpy, ``index``.
+    Sizes differ between items: iterate directly or use ``batch_size=None``.
+    """
+
+    def __init__(self, prepared_dir: str | Path) -> None:
+        super().__init__(prepared_dir, "val", "images", ("labels",))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self._index(index)
+        shard, row = self.shards.locate(index)
+        image, mask = self._decode(shard, row, mask=True)
+        image_id = self.shards.file(shard)["image_ids"][row]
+        return {
+            "id": image_id.decode() if isinstance(image_id, bytes) else str(image_id),
+            "image": image,
+            "mask": mask,
+            "labels": self.shards.columns(shard)["labels"][row].astype(np.float32),
+            "index": index,
+        }
