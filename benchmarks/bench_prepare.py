@@ -15,15 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._data import benchmark_dataset  # noqa: E402
-from pipeline.build import CropSettings, image_rng  # noqa: E402
-from pipeline.imageio import load_image  # noqa: E402
+from benchmarks._data import VOC_HORSES, benchmark_dataset  # noqa: E402
+from pipeline.build import CropSettings  # noqa: E402
 from pipeline.prepare import ShardSettings, SplitSettings, prepare  # noqa: E402
-from pipeline.proposals import ProposalConfig, propose  # noqa: E402
+from pipeline.proposals import ProposalConfig  # noqa: E402
 
 TARGET = 1.7
 
@@ -38,10 +35,10 @@ def main() -> int:
         ds = benchmark_dataset(tmp, args.images)
         n = len(ds.train)
         crops = CropSettings(ProposalConfig(method="edgebox"))
-        seconds = {}
+        seconds, manifests = {}, {}
         for jobs in (1, 2):
             t = time.perf_counter()
-            prepare(
+            manifests[jobs] = prepare(
                 ds,
                 tmp / f"jobs{jobs}",
                 SplitSettings(strong_per_class=None),
@@ -49,25 +46,22 @@ def main() -> int:
                 ShardSettings(strong_shard_size=args.strong_shard_size, jobs=jobs),
             )
             seconds[jobs] = time.perf_counter() - t
-        cv2.setNumThreads(1)
-        t = time.perf_counter()
-        for rec in ds.train:
-            _, pixels = load_image(rec.image)
-            propose(pixels, crops.proposals, image_rng(0, rec.id))
-        proposal_s = time.perf_counter() - t
+    # Measured inside the 1-job run's workers: time in propose() / time building shards.
+    shards = manifests[1]["shards"]
+    proposal_share = sum(s["proposal_seconds"] for s in shards) / sum(s["seconds"] for s in shards)
     summary = {
         "images": n,
-        "source": "voc_horses" if "horse" in ds.classes[1:] and n else "synthetic 320px",
+        "source": "voc_horses" if VOC_HORSES.is_dir() else "synthetic 320px",
         "images_per_s_1_job": round(n / seconds[1], 2),
         "images_per_s_2_jobs": round(n / seconds[2], 2),
         "scaling_1_to_2": round(seconds[1] / seconds[2], 3),
-        "proposal_share": round(proposal_s / seconds[1], 3),
+        "proposal_share": round(proposal_share, 3),
         "target_scaling": TARGET,
     }
     summary["pass"] = summary["scaling_1_to_2"] >= TARGET
     print(
         f"1 job: {seconds[1]:.1f} s, 2 jobs: {seconds[2]:.1f} s for {n} strong images; "
-        f"proposals take {summary['proposal_share']:.0%} of the 1-job time"
+        f"proposals take {summary['proposal_share']:.0%} of shard building"
     )
     print(json.dumps(summary))
     return 0 if summary["pass"] else 1

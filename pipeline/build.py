@@ -9,6 +9,7 @@ on any joblib backend, on any machine that sees the output directory.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def _image_labels(task: ShardTask, rec: Record, mask: np.ndarray | None) -> tupl
 def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
     """Write ``task``'s shard; return its manifest entry and the images skipped."""
     set_single_thread()
+    started = time.perf_counter()
+    proposal_seconds = 0.0
     images = ShardImages()
     tables: list[CropTable] = []
     sources: list[tuple[np.ndarray, np.ndarray]] = []  # kept only for --materialize
@@ -125,7 +128,9 @@ def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
             images.masks.append(encode_label_png(mask))
         if task.kind == "strong":
             rng = image_rng(task.crops.seed, rec.id)
+            t = time.perf_counter()
             boxes, scores = propose(pixels, task.crops.proposals, rng)
+            proposal_seconds += time.perf_counter() - t
             table = image_crops(
                 mask,
                 labels,
@@ -165,4 +170,7 @@ def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
         raise UserError(f"{task.path}: cannot write shard ({e.strerror or e})") from None
     if dropped:
         entry["dropped_empty"] = dropped
+    # Where the time goes, for `ddn inspect` and the prepare benchmark.
+    entry["seconds"] = round(time.perf_counter() - started, 3)
+    entry["proposal_seconds"] = round(proposal_seconds, 3)
     return entry, skipped
