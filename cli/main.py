@@ -38,9 +38,11 @@ def cli() -> None:
 def _register() -> None:
     # Imported here so `ddn --help` stays fast and a broken optional piece
     # cannot take the whole CLI down at import time.
-    from cli import demo, download, inspect_cmd, prepare, synth
+    from cli import demo, download, inspect_cmd, predict, prepare, synth, train_cls, train_seg
+    from cli import eval as eval_cmd
 
-    for mod in (demo, synth, prepare, inspect_cmd, download):
+    data_commands = (demo, synth, prepare, inspect_cmd, download)
+    for mod in (*data_commands, train_cls, train_seg, eval_cmd, predict):
         cli.add_command(mod.command)
 
 

@@ -262,8 +262,11 @@ class ValDataset(_ShardDataset):
     Sizes differ between items: iterate directly or use ``batch_size=None``.
     """
 
-    def __init__(self, prepared_dir: str | Path) -> None:
-        super().__init__(prepared_dir, "val", "images", ("labels",))
+    def __init__(self, prepared_dir: str | Path, source: str = "val") -> None:
+        # 'strong' (the segmenter's own training images) measures the fit.
+        if source not in ("val", "strong"):
+            raise UserError(f"unknown split {source!r}; expected val or strong (shards with masks)")
+        super().__init__(prepared_dir, source, "images", ("labels",))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)

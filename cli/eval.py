@@ -1,0 +1,265 @@
+"""`ddn eval`: mIoU of a classifier + segmenter pair on a prepared directory's masks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ddn.confusion import ConfusionMatrix
+from ddn.inference import segment
+from ddn.metrics import mean_average_precision
+from ddn.runs import Models, load_models, resolve_device
+from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
+from pipeline.errors import UserError
+from pipeline.imageio import safe_join
+from pipeline.readers import ValDataset
+
+SPLITS = ("val", "strong")  # the shards that hold masks
+
+
+def _as_is(item: Any) -> Any:
+    # Items are numpy arrays of different sizes: no collation, no tensor conversion.
+    return item
+
+
+def _check_classes(data_classes: list[str], models: Models, data: Path) -> None:
+    """Refuse a data set whose classes are not the classifier's; adopt its names when
+    the run recorded none."""
+    if len(data_classes) == len(models.classes) and "classes" not in models.cls_config:
+        models.classes = list(data_classes)
+    if data_classes != models.classes:
+        raise UserError(
+            f"{data}: classes {data_classes[1:]} differ from the classifier's "
+            f"{models.classes[1:]}; evaluate on the data set the runs were trained for"
+        )
+
+
+def evaluate(
+    data: Path,
+    models: Models,
+    *,
+    split: str = "val",
+    threshold: float = 0.5,
+    batch: int = 8,
+    workers: int = 2,
+    limit: int | None = None,
+    save_pred: Path | None = None,
+    overlays: int = 8,
+    maps: bool = False,
+) -> dict[str, Any]:
+    """Segment every image of `split`, compare with its mask; the metrics as a dict.
+
+    With `save_pred`: ``<id>.png`` palette PNGs for every image, and for the first
+    `overlays` images ``overlays/<id>.png`` (and with `maps` ``maps/<id>.png/.npz``).
+    """
+    ds = ValDataset(data, split)
+    names = ds.classes
+    _check_classes(names, models, data)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    loader = DataLoader(
+        ds if n == len(ds) else _Subset(ds, n),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_as_is,
+    )
+    cm = ConfusionMatrix(len(names))
+    probs, targets = [], []
+    pending: list[dict] = []
+
+    def flush() -> None:
+        keep = maps and save_pred is not None and pending[0]["index"] < overlays
+        preds = segment(
+            models.classifier,
+            models.segmenter,
+            [item["image"] for item in pending],
+            threshold,
+            keep_maps=keep,
+        )
+        for item, p in zip(pending, preds, strict=True):
+            cm.update(item["mask"], p.pred)
+            probs.append(p.probs)
+            targets.append(item["labels"])
+            if save_pred is not None:
+                _save(save_pred, data, item, p, names, overlays, keep)
+        pending.clear()
+
+    for item in tqdm(loader, total=n, desc=f"eval {split}", unit="img", disable=None):
+        pending.append(item)
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+
+    iou = cm.iou()
+    return {
+        "split": split,
+        "images": n,
+        "threshold": threshold,
+        "miou": cm.miou(),
+        "miou_objects": cm.miou_objects(),
+        "pixel_acc": cm.pixel_accuracy(),
+        "cls_map": mean_average_precision(np.stack(probs), np.stack(targets))[0] if n else math.nan,
+        "per_class": {name: float(v) for name, v in zip(names, iou, strict=True)},
+    }
+
+
+class _Subset:
+    """The first n items of a dataset (a picklable view for DataLoader workers)."""
+
+    def __init__(self, ds: ValDataset, n: int) -> None:
+        self.ds, self.n = ds, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.ds[index]
+
+
+def _save(out: Path, data: Path, item: dict, p, names, overlays: int, maps: bool) -> None:
+    image_id = item["id"]
+    save_label_png(safe_join(out, f"{image_id}.png", data), p.pred)
+    if item["index"] < overlays:
+        panel = overlay(item["image"], p.pred, names, gt=item["mask"])
+        save_rgb(safe_join(out / "overlays", f"{image_id}.png", data), panel)
+        if maps:
+            save_maps(safe_join(out / "maps", f"{image_id}.png", data), item["image"], p, names)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The per-class IoU table and the summary lines, in percent."""
+    per_class = result["per_class"]
+    width = max(12, *(len(k) for k in per_class)) + 2
+    lines = [f"{'class':<{width}}  IoU %"]
+    for name, v in per_class.items():
+        lines.append(f"{name:<{width}}{_pct(v)}")
+    c = len(per_class)
+    lines += [
+        "",
+        f"{result['images']} {result['split']} images, threshold {result['threshold']}",
+        f"{f'mIoU ({c} classes, incl. background)':<40}{_pct(result['miou'])}",
+        f"{f'mIoU ({c - 1} object classes)':<40}{_pct(result['miou_objects'])}",
+        f"{'pixel accuracy':<40}{_pct(result['pixel_acc'])}",
+        f"{'classifier mAP':<40}{_pct(result['cls_map'])}",
+    ]
+    return "\n".join(lines)
+
+
+def _pct(v: float) -> str:
+    return f"{'n/a':>7}" if math.isnan(v) else f"{100 * v:7.2f}"
+
+
+def _json_safe(obj: Any) -> Any:
+    # JSON has no NaN: an undefined IoU (class in neither ground truth nor prediction)
+    # becomes null.
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+@click.command("eval")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A directory made by `ddn prepare`.",
+)
+@click.option(
+    "--cls",
+    "cls_run",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Classifier run directory (train-cls --out).",
+)
+@click.option(
+    "--seg",
+    "seg_run",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Segmenter run directory (train-seg --out).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="val",
+    help="Images to evaluate: val, or strong (the segmenter's training images).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    help="A label is picked when its probability is above this.",
+)
+@click.option("--batch", type=click.IntRange(min=1), default=8, help="Images per forward pass.")
+@click.option("--device", default="auto", help="auto, cpu or cuda[:N].")
+@click.option("--workers", type=click.IntRange(min=0), default=2, help="Image decoding workers.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option(
+    "--save-pred",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write <id>.png (VOC palette, original size) for every image here.",
+)
+@click.option(
+    "--overlays",
+    type=click.IntRange(min=0),
+    default=8,
+    help="With --save-pred: image | ground truth | prediction for the first N images.",
+)
+@click.option(
+    "--save-maps",
+    is_flag=True,
+    help="With --save-pred: foreground and bridge maps for the --overlays images.",
+)
+def command(
+    data: Path,
+    cls_run: Path,
+    seg_run: Path,
+    split: str,
+    threshold: float,
+    batch: int,
+    device: str,
+    workers: int,
+    limit: int | None,
+    as_json: bool,
+    save_pred: Path | None,
+    overlays: int,
+    save_maps: bool,
+) -> None:
+    """Segment the validation images and report per-class IoU, mIoU, pixel accuracy
+    and the classifier's mAP. mIoU counts C+1 classes with background, as the paper."""
+    if save_maps and save_pred is None:
+        raise UserError("--save-maps needs --save-pred DIR (the maps are written there)")
+    models = load_models(cls_run, seg_run, resolve_device(device))
+    result = evaluate(
+        data,
+        models,
+        split=split,
+        threshold=threshold,
+        batch=batch,
+        workers=workers,
+        limit=limit,
+        save_pred=save_pred,
+        overlays=overlays,
+        maps=save_maps,
+    )
+    if as_json:
+        click.echo(json.dumps(_json_safe(result)))
+        return
+    click.echo(format_report(result))
+    if save_pred is not None:
+        click.echo(f"predictions    {save_pred}")

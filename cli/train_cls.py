@@ -1,0 +1,75 @@
+"""`ddn train-cls`: train the multi-label classifier on a prepared directory's weak set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ddn.models import ARCHS
+
+PathArg = click.Path(path_type=Path)
+
+
+@click.command("train-cls", context_settings={"show_default": True})
+@click.option("--data", type=PathArg, required=True, help="A directory made by `ddn prepare`.")
+@click.option("--out", type=PathArg, required=True, help="The run directory.")
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default="vgg16",
+    help="vgg16 reproduces the paper; vgg16_bn trains small models from scratch.",
+)
+@click.option("--width", default=1.0, help="Channel fraction (1.0 = VGG-16).")
+@click.option("--input-size", default=320, help="Network input side (a multiple of 32).")
+@click.option("--batch", default=32, help="Images per step per process.")
+@click.option("--iters", type=int, default=None, help="Optimizer steps (overrides --epochs).")
+@click.option(
+    "--epochs", default=20.0, help="Passes over the weak set (when --iters is not given)."
+)
+@click.option("--lr", default=1e-3, help="Backbone learning rate.")
+@click.option("--head-lr-mult", default=10.0, help="fc6/fc7/score learn this many times faster.")
+@click.option("--momentum", default=0.9)
+@click.option("--weight-decay", default=5e-4)
+@click.option(
+    "--warmup", type=int, default=None, help="Linear warm-up steps [default: min(500, iters/10)]."
+)
+@click.option(
+    "--decay",
+    type=click.Choice(["cosine", "step", "constant"]),
+    default="cosine",
+    help="After warm-up: cosine to 0, or x0.1 at 2/3 of the run.",
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    help="Encoder init: imagenet (torchvision download), a .pth state dict, or none.",
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--workers", default=4, help="DataLoader worker processes.")
+@click.option("--seed", default=0, help="Seeds the init, the data order and the augmentation.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--amp/--no-amp", default=True, help="CUDA: bf16 autocast (off: float32).")
+@click.option(
+    "--channels-last/--no-channels-last", default=True, help="CUDA: channels_last memory format."
+)
+@click.option("--log-every", default=20, help="Steps between metrics.csv rows.")
+@click.option("--ckpt-every", default=500, help="Steps between checkpoints.")
+def command(**options) -> None:
+    """Train the classifier (multi-label BCE) with validation mAP after every epoch.
+
+    Multi-GPU: torchrun --nproc_per_node N -m cli.main train-cls ...
+    """
+    from ddn.metrics import format_ap_table
+    from ddn.train.cls import ClsConfig, train_cls
+
+    options["compile"] = options.pop("compile_")
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    result = train_cls(ClsConfig(**options))
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return
+    if len(result.val_ap):
+        click.echo(format_ap_table(result.classes, result.val_ap, result.val_map))
+    click.echo(f"classifier saved to {result.run / 'model.pt'}")

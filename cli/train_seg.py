@@ -1,0 +1,89 @@
+"""`ddn train-seg`: train bridge + segmenter on the strong crops with a frozen classifier."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+PathArg = click.Path(path_type=Path)
+
+
+@click.command("train-seg", context_settings={"show_default": True})
+@click.option("--data", type=PathArg, required=True, help="A directory made by `ddn prepare`.")
+@click.option("--cls", type=PathArg, required=True, help="A finished `ddn train-cls` run.")
+@click.option("--out", type=PathArg, required=True, help="The run directory.")
+@click.option(
+    "--input-size",
+    type=int,
+    default=None,
+    help="Crop side [default: the classifier's]; boxes are warped to 350/320 of it.",
+)
+@click.option(
+    "--width",
+    type=float,
+    default=None,
+    help="Bridge/segmenter channel fraction [default: the classifier's].",
+)
+@click.option("--batch", default=16, help="Crops per micro-batch per process.")
+@click.option(
+    "--accum",
+    type=int,
+    default=None,
+    help="Micro-batches per step [default: 64 / (batch x processes)].",
+)
+@click.option(
+    "--iters",
+    type=int,
+    default=None,
+    help="Steps [default: the reference's for the strong split: 5/class 5,500, "
+    "10: 7,500, 25: 15,000, full: 17,500]; the decay step scales with it.",
+)
+@click.option(
+    "--decay-step",
+    type=int,
+    default=None,
+    help="Step of the x0.1 decay [default: the reference's, scaled].",
+)
+@click.option("--lr", default=0.01)
+@click.option("--momentum", default=0.9)
+@click.option("--weight-decay", default=5e-4)
+@click.option(
+    "--bn-batches", default=100, help="Batches for the final BN statistics re-estimation (0: skip)."
+)
+@click.option(
+    "--weights",
+    default="none",
+    help="Init of bridge + segmenter: none, or a train-seg run / model.pt.",
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option(
+    "--crop-path",
+    type=click.Choice(["auto", "gpu", "cpu"]),
+    default="auto",
+    help="gpu: crops cut on the device (auto on CUDA); cpu: DataLoader workers.",
+)
+@click.option("--workers", default=4, help="DataLoader worker processes (cpu crop path).")
+@click.option("--seed", default=0, help="Seeds the init, the data order and the crops.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
+@click.option("--amp/--no-amp", default=True, help="CUDA: bf16 autocast (off: float32).")
+@click.option(
+    "--channels-last/--no-channels-last", default=True, help="CUDA: channels_last memory format."
+)
+@click.option("--log-every", default=20, help="Steps between metrics.csv rows.")
+@click.option("--ckpt-every", default=500, help="Steps between checkpoints.")
+def command(**options) -> None:
+    """Train the bridging layers and the segmenter (DecoupledNet's second stage).
+
+    Multi-GPU: torchrun --nproc_per_node N -m cli.main train-seg ...
+    """
+    from ddn.train.seg import SegConfig, train_seg
+
+    options["compile"] = options.pop("compile_")
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    result = train_seg(SegConfig(**options))
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return
+    click.echo(f"segmenter saved to {result.run / 'model.pt'}")

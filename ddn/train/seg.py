@@ -1,0 +1,390 @@
+"""`ddn train-seg`: bridge + segmenter on the strong crops, the classifier frozen.
+
+Per micro-batch (DESIGN.md section 2): cls_out = classifier(images) without grad;
+f_cls = saliency(classifier, pool5, subsets) (one backward pass through the frozen
+head); logits = model(cls_out, f_cls); 2-class cross-entropy, 255 ignored. ``accum``
+micro-batches make one SGD step (lr 0.01, momentum 0.9, weight decay 5e-4, x0.1 at the
+decay step; the reference's effective batch is 64). Iterations and decay step default
+to the reference table for the prepared directory's strong split
+(`ddn.train.schedule`). At the end, BN statistics are re-estimated with a cumulative
+average over ``bn_batches`` training batches (`reestimate_bn`).
+
+Crops come from `CropDataset` through a DataLoader, or on CUDA from `DeviceCrops` (the
+whole strong set on the device, crops cut with roi_align): ``crop_path`` auto | gpu | cpu.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ddn import __version__
+from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
+from ddn.runs import load_classifier
+from ddn.train import loop
+from ddn.train.distributed import (
+    DistInfo,
+    StepBatchSampler,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    epoch_of_step,
+    init_distributed,
+    no_sync,
+)
+from ddn.train.gpu_crops import DeviceCrops
+from ddn.train.run import (
+    METRICS,
+    MetricsLog,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    open_run,
+    save_model,
+)
+from ddn.train.schedule import LRSchedule, segmenter_schedule
+from pipeline.cropping import IGNORE
+from pipeline.errors import UserError
+from pipeline.manifest import read_manifest
+from pipeline.readers import CropDataset
+from pipeline.shards import sha256_file
+
+EFFECTIVE_BATCH = 64  # the reference's 4 x 16
+WARP_RATIO = 350 / 320  # the reference warps boxes to 350 and crops 320
+DEVICE_CROPS_MAX_SHARE = 0.25  # auto: the strong set may take this share of free GPU memory
+
+
+@dataclass
+class SegConfig:
+    data: str
+    cls: str
+    out: str
+    input_size: int | None = None  # None: the classifier's
+    width: float | None = None  # None: the classifier's
+    batch: int = 16
+    accum: int | None = None  # None: EFFECTIVE_BATCH / (batch x world size)
+    iters: int | None = None  # None: the reference table for the strong split
+    decay_step: int | None = None  # None: the table's, scaled with iters
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bn_batches: int = 100
+    weights: str = "none"
+    device: str = "auto"
+    workers: int = 4
+    seed: int = 0
+    resume: bool = False
+    compile: bool = False
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # on CUDA
+    crop_path: str = "auto"
+    log_every: int = 20
+    ckpt_every: int = 500
+
+
+@dataclass
+class SegResult:
+    model: DecoupledSegmenter
+    classifier: Classifier
+    run: Path
+
+
+def train_seg(cfg: SegConfig, on_step: loop.StepHook | None = None) -> SegResult:
+    """Train (or resume) a segmenter run on a frozen classifier; returns the final model."""
+    info = init_distributed(loop.device_type(cfg.device))
+    try:
+        return _train(cfg, info, on_step)
+    finally:
+        cleanup_distributed(info)
+
+
+def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> SegResult:
+    device = loop.resolve_device(cfg.device, info)
+    loop.configure_backends(device)
+    fmt = loop.memory_format(device, cfg.channels_last)
+    amp = cfg.amp
+    run = Path(cfg.out)
+
+    classifier, cls_classes, cls_config = load_classifier(cfg.cls, device)
+    classifier.requires_grad_(False)
+    classifier.to(memory_format=fmt)
+    input_size = cfg.input_size or int(cls_config["input_size"])
+    width = cfg.width or float(cls_config["width"])
+    _check(cfg, input_size, classifier)
+    warp = round(input_size * WARP_RATIO)
+    train_set = CropDataset(cfg.data, warp_size=warp, crop_size=input_size, seed=cfg.seed)
+    if train_set.classes != cls_classes:
+        raise UserError(
+            f"{cfg.cls}: classifier classes {cls_classes[1:]} differ from "
+            f"{cfg.data}'s {train_set.classes[1:]}"
+        )
+    n = len(train_set)
+    accum = cfg.accum or max(1, round(EFFECTIVE_BATCH / (cfg.batch * info.world_size)))
+    global_batch = cfg.batch * accum * info.world_size
+    per_class = strong_per_class(Path(cfg.data), train_set.num_classes)
+    iters, decay_step = segmenter_schedule(per_class, cfg.iters)
+    decay_step = cfg.decay_step or decay_step
+    cls_model_file = Path(cfg.cls) / "model.pt" if Path(cfg.cls).is_dir() else Path(cfg.cls)
+    classifier_info = {
+        **{k: v for k, v in cls_config.items() if k != "train_config"},
+        "run": str(Path(cfg.cls).resolve()),
+        "sha256": sha256_file(cls_model_file),
+    }
+    config = {
+        **asdict(cfg),
+        "trainer": "train-seg",
+        "data": str(Path(cfg.data).resolve()),
+        "cls": str(Path(cfg.cls).resolve()),
+        "input_size": input_size,
+        "width": width,
+        "warp_size": warp,
+        "accum": accum,
+        "iters": iters,
+        "decay_step": decay_step,
+        "strong_per_class": per_class,
+        "world_size": info.world_size,
+        "global_batch": global_batch,
+        "train_crops": n,
+        "classes": train_set.classes[1:],
+        "classifier": classifier_info,
+        "ddn_version": __version__,
+    }
+    latest = open_run(run, config, cfg.resume) if info.is_main else None
+    barrier(info)
+    if not info.is_main and cfg.resume:
+        latest = latest_checkpoint(run)
+
+    torch.manual_seed(cfg.seed)
+    pool5_size = input_size // 32
+    model = DecoupledSegmenter(classifier.encoder.out_channels, width, pool5_size)
+    if latest is None and cfg.weights != "none":
+        _load_weights(model, cfg.weights)
+    model.to(device, memory_format=fmt)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, LRSchedule(iters, 0, "step", (decay_step,), gamma=0.1)
+    )
+    step = 0
+    if latest is not None:
+        step = loop.restore_state(load_checkpoint(latest, device), model, optimizer, scheduler)
+    train_model: nn.Module = model
+    cls_forward: nn.Module = classifier
+    if info.enabled:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+        cls_forward = torch.compile(classifier)
+
+    device_crops = _device_crops(cfg.crop_path, train_set, device)
+    sampler = StepBatchSampler(n, cfg.batch, accum, iters, step, cfg.seed, info)
+    batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
+    metrics = None
+    if info.is_main:
+        columns = ["step", "epoch", "loss", "lr", "examples_per_s"]
+        metrics = MetricsLog(run / METRICS, columns, step if latest else None)
+    progress = loop.Progress(iters, step, metrics, info, cfg.log_every, "train-seg")
+    ckpt = loop.Checkpointer(run, cfg.ckpt_every, info, latest)
+
+    def state() -> dict[str, Any]:
+        epoch = epoch_of_step(step, global_batch, n)
+        return loop.checkpoint_state(model, optimizer, scheduler, step, epoch, config)
+
+    model.train()
+    try:
+        while step < iters:
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=device)
+            for micro in range(accum):
+                images, subsets, target = _inputs(next(batches), device, fmt)
+                with no_sync(train_model, micro < accum - 1):
+                    logits = segment(cls_forward, classifier, train_model, images, subsets, amp)
+                    loss = segmentation_loss(logits.float(), target)
+                    (loss / accum).backward()
+                total += loss.detach()
+            loss_value = all_reduce_mean(total / accum, info).item()
+            loop.check_finite(loss_value, step + 1, run, ckpt.latest)
+            optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            step += 1
+            progress.step(step, step * global_batch / n, loss_value, lr, global_batch)
+            ckpt.maybe_save(step, state)
+            if on_step is not None:
+                on_step(step)
+    except KeyboardInterrupt:
+        ckpt.maybe_save(step, state, force=True)
+        if info.is_main:
+            progress.bar.write(f"interrupted at step {step}: saved {ckpt.latest}; add --resume")
+        raise
+    finally:
+        progress.close()
+    ckpt.maybe_save(step, state, force=True)
+
+    bn_steps = math.ceil(cfg.bn_batches / info.world_size)
+    if bn_steps:
+        bn_sampler = StepBatchSampler(n, cfg.batch, 1, bn_steps, 0, cfg.seed, info, stream=1)
+        bn_batches = _batches(bn_sampler, train_set, device_crops, cfg.workers, device)
+
+        def forward(batch: dict[str, Tensor]) -> None:
+            images, subsets, _ = _inputs(batch, device, fmt)
+            segment(cls_forward, classifier, model, images, subsets, amp)
+
+        reestimate_bn(model, bn_batches, forward, info)
+    model.eval()
+    if info.is_main:
+        model_config = {
+            "trainer": "train-seg", "in_channels": classifier.encoder.out_channels,
+            "width": width, "pool5_size": pool5_size, "input_size": input_size,
+            "classes": config["classes"], "num_classes": len(config["classes"]),
+            "cls_run": classifier_info["run"], "classifier": classifier_info,
+            "train_config": config,
+        }  # fmt: skip
+        save_model(run, model.state_dict(), model_config)
+    barrier(info)
+    return SegResult(model, classifier, run)
+
+
+def segment(
+    cls_forward: nn.Module,
+    classifier: Classifier,
+    model: nn.Module,
+    images: Tensor,
+    subsets: Tensor,
+    amp: bool = True,
+) -> Tensor:
+    """(B, 2, H, W) logits: frozen classifier, its saliency for the subsets, the segmenter."""
+    with loop.autocast(images.device, amp):
+        with torch.no_grad():
+            cls_out = cls_forward(images)
+        sal = saliency(classifier, cls_out.pool5, subsets, scores=cls_out.scores)
+        return model(cls_out, sal)
+
+
+def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Figure/ground cross-entropy averaged over the pixels that are not 255.
+
+    A crop can be all-ignore (a box entirely past the image); its loss is 0, not the
+    NaN of a mean over no pixels, which would stop the run for nothing.
+    """
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+    return total / (target != IGNORE).sum().clamp(min=1)
+
+
+@torch.no_grad()
+def reestimate_bn(
+    model: nn.Module, batches: Iterator[Any], forward: Any, info: DistInfo = DistInfo()
+) -> int:
+    """Recompute every BN layer's running statistics as a cumulative average.
+
+    Running stats are reset and momentum set to None (PyTorch's cumulative moving
+    average), then ``forward(batch)`` runs in train mode without grad over ``batches``;
+    across ranks the averages are averaged (equal batch counts: the global average).
+    Returns the number of batches used; leaves the model in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    count = 0
+    for batch in batches:
+        forward(batch)
+        count += 1
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+        all_reduce_mean(m.running_mean, info)
+        all_reduce_mean(m.running_var, info)
+    model.eval()
+    return count
+
+
+def strong_per_class(data: Path, num_classes: int) -> int | None:
+    """The prepared directory's strong images per class (None: every mask)."""
+    manifest = read_manifest(data)
+    split = manifest.get("config", {}).get("split", {})
+    if split.get("strong_list"):  # a given list: its size per class decides
+        return max(1, round(int(manifest["splits"]["strong"]) / num_classes))
+    value = split.get("strong_per_class", 5)
+    return None if value is None else int(value)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _inputs(batch: dict[str, Tensor], device: torch.device, fmt) -> tuple[Tensor, Tensor, Tensor]:
+    images = normalize(batch["image"].to(device, non_blocking=True)).contiguous(memory_format=fmt)
+    subsets = batch["subset"].to(device, non_blocking=True)
+    target = batch["target"].to(device, non_blocking=True).long()
+    return images, subsets, target
+
+
+def _batches(
+    sampler: StepBatchSampler,
+    dataset: CropDataset,
+    device_crops: DeviceCrops | None,
+    workers: int,
+    device: torch.device,
+) -> Iterator[dict[str, Tensor]]:
+    if device_crops is not None:
+        return (device_crops.batch(keys) for keys in sampler)
+    return iter(loop.make_loader(dataset, sampler, workers, device))
+
+
+def _device_crops(crop_path: str, dataset: CropDataset, device: torch.device) -> DeviceCrops | None:
+    if crop_path not in ("auto", "gpu", "cpu"):
+        raise UserError(f"--crop-path: expected auto, gpu or cpu, got {crop_path!r}")
+    if crop_path == "cpu" or (crop_path == "auto" and device.type != "cuda"):
+        return None
+    if crop_path == "auto":
+        need, free = DeviceCrops.bytes_needed(dataset), torch.cuda.mem_get_info(device)[0]
+        if need > DEVICE_CROPS_MAX_SHARE * free:
+            warnings.warn(
+                f"strong set needs {need / 2**30:.1f} GiB on the GPU ({free / 2**30:.1f} GiB "
+                "free): using the CPU DataLoader crop path",
+                stacklevel=2,
+            )
+            return None
+    return DeviceCrops(dataset, device)
+
+
+def _load_weights(model: DecoupledSegmenter, weights: str) -> None:
+    path = Path(weights)
+    if not path.exists():
+        raise UserError(f"{path}: not found (--weights: 'none' or a train-seg run / model.pt)")
+    saved = load_model(path) if path.is_dir() else load_checkpoint(path)
+    try:
+        model.load_state_dict(saved.get("model", saved))
+    except (RuntimeError, AttributeError) as e:
+        raise UserError(f"{weights}: does not fit this segmenter ({str(e).splitlines()[0]})") from e
+
+
+def _check(cfg: SegConfig, input_size: int, classifier: Classifier) -> None:
+    if cfg.batch < 1 or (cfg.accum is not None and cfg.accum < 1):
+        raise UserError("--batch and --accum must be at least 1")
+    if cfg.iters is not None and cfg.iters < 1:
+        raise UserError(f"--iters: must be at least 1, got {cfg.iters}")
+    if input_size % 32:
+        raise UserError(f"--input-size: must be a multiple of 32, got {input_size}")
+    if input_size // 32 < classifier.fc6_kernel:
+        raise UserError(
+            f"--input-size {input_size}: too small for the classifier's fc6 kernel "
+            f"{classifier.fc6_kernel} (at least {32 * classifier.fc6_kernel})"
+        )
+    if cfg.bn_batches < 0:
+        raise UserError(f"--bn-batches: must be at least 0, got {cfg.bn_batches}")
+    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise UserError(f"--lr: must be a positive number, got {cfg.lr}")

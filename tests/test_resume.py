@@ -1,0 +1,116 @@
+"""Resume, Ctrl-C and non-finite loss: N steps straight == N/2, stop, resume, N/2 more."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+from ddn.train import seg as seg_module
+from ddn.train.cls import train_cls
+from ddn.train.run import checkpoints, load_checkpoint, load_model
+from ddn.train.seg import train_seg
+from pipeline.errors import UserError
+from tests.trainutil import cls_config, make_cls_run, make_prepared, seg_config, state_equal
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    # 45 weak images: a batch of 8 crosses an epoch boundary inside the 6 steps.
+    return make_prepared(tmp_path_factory.mktemp("resume"), images=60)
+
+
+@pytest.fixture(scope="module")
+def cls_run(prep, tmp_path_factory):
+    classes = json.loads((prep / "manifest.json").read_text())["classes"][1:]
+    return make_cls_run(tmp_path_factory.mktemp("cls") / "run", classes)
+
+
+def stop_at(k: int):
+    def hook(step: int) -> None:
+        if step == k:
+            raise KeyboardInterrupt
+
+    return hook
+
+
+def assert_same_run(a, b) -> None:
+    """Final weights, BN buffers and optimizer state identical, bit for bit."""
+    assert state_equal(load_model(a)["model"], load_model(b)["model"]) == []
+    (_, ca), (_, cb) = checkpoints(a)[-1], checkpoints(b)[-1]
+    oa, ob = load_checkpoint(ca)["optimizer"], load_checkpoint(cb)["optimizer"]
+    for key in oa["state"]:
+        assert torch.equal(oa["state"][key]["momentum_buffer"], ob["state"][key]["momentum_buffer"])
+    assert oa["param_groups"] == ob["param_groups"]
+
+
+def test_classifier_resume_is_bit_identical(prep, tmp_path):
+    straight = tmp_path / "straight"
+    train_cls(cls_config(prep, straight, iters=STEPS))
+    split = tmp_path / "split"
+    with pytest.raises(KeyboardInterrupt):
+        train_cls(cls_config(prep, split, iters=STEPS), on_step=stop_at(STEPS // 2))
+    assert [s for s, _ in checkpoints(split)] == [STEPS // 2]  # Ctrl-C wrote step k
+    assert not (split / "model.pt").exists()
+    train_cls(cls_config(prep, split, iters=STEPS, resume=True))
+    assert_same_run(straight, split)
+    rows = (split / "metrics.csv").read_text().splitlines()
+    train_steps = [int(r.split(",")[0]) for r in rows[1:] if r.split(",")[2]]
+    assert train_steps == list(range(1, STEPS + 1))  # no row lost or doubled by the resume
+
+
+def test_segmenter_resume_is_bit_identical(prep, cls_run, tmp_path):
+    straight = tmp_path / "straight"
+    train_seg(seg_config(prep, cls_run, straight, iters=STEPS))
+    split = tmp_path / "split"
+    with pytest.raises(KeyboardInterrupt):
+        train_seg(seg_config(prep, cls_run, split, iters=STEPS), on_step=stop_at(STEPS // 2))
+    assert [s for s, _ in checkpoints(split)] == [STEPS // 2]
+    train_seg(seg_config(prep, cls_run, split, iters=STEPS, resume=True))
+    assert_same_run(straight, split)
+
+
+def test_resume_with_other_settings_or_reuse_without_resume_refused(prep, cls_run, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_seg(seg_config(prep, cls_run, out, iters=4), on_step=stop_at(1))
+    with pytest.raises(UserError, match="pass --resume"):
+        train_seg(seg_config(prep, cls_run, out, iters=4))
+    with pytest.raises(UserError, match=r"different settings: lr \(0.01 -> 0.02\)"):
+        train_seg(seg_config(prep, cls_run, out, iters=4, lr=0.02, resume=True))
+    # Runtime settings (workers, crop path, logging) may change.
+    train_seg(seg_config(prep, cls_run, out, iters=4, resume=True, log_every=2))
+    assert (out / "model.pt").is_file()
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_last_checkpoint(
+    prep, cls_run, tmp_path, monkeypatch
+):
+    real = seg_module.segmentation_loss
+    calls = []
+
+    def poisoned(logits, target):
+        calls.append(1)
+        loss = real(logits, target)
+        return loss * float("nan") if len(calls) > 4 else loss  # step 3 (accum 2) is NaN
+
+    monkeypatch.setattr(seg_module, "segmentation_loss", poisoned)
+    out = tmp_path / "run"
+    args = ["train-seg", "--data", str(prep), "--cls", str(cls_run), "--out", str(out),
+            "--iters", "6", "--batch", "4", "--accum", "2", "--device", "cpu", "--workers", "0",
+            "--ckpt-every", "2", "--bn-batches", "1", "--crop-path", "cpu"]  # fmt: skip
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    message = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(message) == 1 and "loss is nan at step 3" in message[0]
+    assert "checkpoint-2.pt" in message[0]
+    assert [s for s, _ in checkpoints(out)] == [2] and not (out / "model.pt").exists()
+    monkeypatch.setattr(seg_module, "segmentation_loss", real)
+    r = CliRunner().invoke(cli, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(checkpoints(out)[-1][1])["step"] == 6

@@ -1,0 +1,135 @@
+"""`ddn train-cls`: AP metrics, schedule, the run directory, and that the classifier learns."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+from ddn.metrics import average_precision, format_ap_table, mean_average_precision
+from ddn.runs import load_classifier
+from ddn.train.run import MODEL, checkpoints
+from ddn.train.schedule import LRSchedule
+from tests.trainutil import ARCH, SIZE, WIDTH, learning_data, make_prepared, trained_classifier
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_average_precision_known_values():
+    assert average_precision([0.9, 0.8, 0.7, 0.6], [1, 1, 0, 0]) == 1.0
+    # positives at ranks 1 and 3: (1/1 + 2/3) / 2
+    assert average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+    # all scores tied: one threshold, precision = prevalence
+    assert average_precision([0.5] * 4, [1, 0, 0, 0]) == pytest.approx(0.25)
+    assert math.isnan(average_precision([0.1, 0.2], [0, 0]))
+
+
+def test_average_precision_equals_definition_on_random_data():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores, labels = rng.random(50), rng.random(50) < 0.3
+        order = np.argsort(-scores)
+        hits = np.cumsum(labels[order])
+        # mean over positives of the precision at that positive's rank (no ties here)
+        expected = np.mean([hits[i] / (i + 1) for i in range(50) if labels[order][i]])
+        assert average_precision(scores, labels) == pytest.approx(expected)
+
+
+def test_mean_ap_leaves_out_classes_without_positives():
+    scores = np.array([[0.9, 0.1, 0.3], [0.2, 0.8, 0.4], [0.1, 0.7, 0.9]])
+    labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+    mean, ap = mean_average_precision(scores, labels)
+    assert ap[:2].tolist() == [1.0, 1.0] and math.isnan(ap[2]) and mean == 1.0
+    table = format_ap_table(["cat", "dog", "cow"], ap, mean)
+    assert table.splitlines()[3].split() == ["cow"]  # blank AP, not "nan"
+
+
+def test_lr_schedule_warmup_cosine_and_step():
+    s = LRSchedule(total=110, warmup=10, decay="cosine")
+    assert s(0) == pytest.approx(0.1) and s(9) == 1.0 and s(10) == 1.0
+    assert s(60) == pytest.approx(0.5) and s(110) == pytest.approx(0.0)
+    step = LRSchedule(total=100, warmup=0, decay="step", milestones=(40, 70), gamma=0.1)
+    assert [step(i) for i in (0, 39, 40, 69, 70)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("cls"), images=40)
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(cli, ["train-cls", *args])
+
+
+def tiny_args(prep, out, *extra: str) -> list[str]:
+    return ["--data", str(prep), "--out", str(out), "--arch", ARCH, "--width", str(WIDTH),
+            "--input-size", str(SIZE), "--batch", "8", "--weights", "none", "--device", "cpu",
+            "--workers", "0", *extra]  # fmt: skip
+
+
+def test_run_directory_config_metrics_checkpoints_and_model(prep, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(*tiny_args(prep, out, "--iters", "5", "--ckpt-every", "2", "--log-every", "1"))
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["iters"] == 5 and config["warmup"] == 0 and config["lr"] == 1e-3
+    assert config["classes"] == ["aeroplane", "bicycle", "bird"] and config["world_size"] == 1
+    assert [s for s, _ in checkpoints(out)] == [4, 5]  # every 2 steps + the end, last 2 kept
+    assert not list(out.glob(".*.tmp"))
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["loss"]] == [1, 2, 3, 4, 5]
+    assert {"val_map", "ap_aeroplane", "ap_bird", "examples_per_s", "lr"} <= set(rows[0])
+    assert rows[-1]["val_map"] and int(rows[-1]["step"]) == 5  # validated at the end
+    # model.pt carries what train-seg and eval rebuild the classifier from
+    saved = torch.load(out / MODEL, weights_only=True)
+    assert {"num_classes", "arch", "width", "input_size", "classes"} <= set(saved["config"])
+    classifier, classes, _ = load_classifier(out)
+    assert classes == ["background", "aeroplane", "bicycle", "bird"]
+    assert classifier.input_size == SIZE and not classifier.training
+    assert "mAP" in r.output and "aeroplane" in r.output  # the AP table
+    again = run_cli(*tiny_args(prep, out, "--iters", "5"))
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_bad_weights_and_device_are_one_line_errors(prep, tmp_path):
+    # click keeps an option's last value: these override tiny_args' own
+    r = run_cli(
+        *tiny_args(prep, tmp_path / "a", "--iters", "1"), "--weights", str(tmp_path / "missing.pth")
+    )
+    assert r.exit_code == 2 and "missing.pth" in r.output and "not found" in r.output
+    r = run_cli(*tiny_args(prep, tmp_path / "c", "--iters", "1"), "--weights", "imagenet")
+    assert r.exit_code == 2 and "--weights none" in r.output  # offline / wrong width: a way out
+    if not torch.cuda.is_available():
+        r = run_cli(*tiny_args(prep, tmp_path / "b", "--iters", "1"), "--device", "cuda")
+        assert r.exit_code == 2 and "no CUDA device" in r.output
+
+
+# ---------------------------------------------------------------- learning
+
+
+@pytest.mark.slow
+def test_classifier_learns_well_above_chance(tmp_path_factory):
+    """Measured (2 cores, ~35 s): mAP 0.60 after the first epoch, 0.73 after 400 steps,
+    against a chance level (the classes' mean prevalence in val: the AP of random
+    scores) of 0.59; other learning rates / batch sizes / decays ended at 0.71-0.73.
+    From scratch, SGD (the reference's optimizer) got 0.64-0.71 in 400 steps in trials."""
+    result, run = trained_classifier(tmp_path_factory)
+    prep = learning_data(tmp_path_factory)
+    import h5py
+
+    labels = np.concatenate([h5py.File(p)["labels"][()] for p in sorted(prep.glob("val-*.h5"))])
+    chance = labels.mean(0).mean()
+    assert result.val_map > chance + 0.08, (result.val_map, chance)
+    with (run / "metrics.csv").open() as f:
+        val = [float(r["val_map"]) for r in csv.DictReader(f) if r["val_map"]]
+    assert len(val) >= 5 and val[-1] > val[0]  # validated every epoch, and improved
