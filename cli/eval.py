@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ddn.confusion import ConfusionMatrix
-from ddn.inference import segment
+from ddn.inference import segment, segment_deconvnet
 from ddn.metrics import mean_average_precision
-from ddn.runs import Models, load_models, resolve_device
+from ddn.runs import BaselineModels, Models, load_deconvnet, load_models, resolve_device, run_kind
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
 from pipeline.errors import UserError
 from pipeline.imageio import safe_join
@@ -29,10 +29,11 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def _check_classes(data_classes: list[str], models: Models, data: Path) -> None:
+def _check_classes(data_classes: list[str], models: Models | BaselineModels, data: Path) -> None:
     """Refuse a data set whose classes are not the classifier's; adopt its names when
     the run recorded none."""
-    if len(data_classes) == len(models.classes) and "classes" not in models.cls_config:
+    recorded = models.config if isinstance(models, BaselineModels) else models.cls_config
+    if len(data_classes) == len(models.classes) and "classes" not in recorded:
         models.classes = list(data_classes)
     if data_classes != models.classes:
         raise UserError(
@@ -41,9 +42,30 @@ def _check_classes(data_classes: list[str], models: Models, data: Path) -> None:
         )
 
 
+def load_for_eval(
+    cls_run: Path | None, seg_run: Path, device: str = "auto"
+) -> Models | BaselineModels:
+    """What `evaluate` takes: a DeconvNet baseline run alone (a --cls is not needed and is
+    refused), or a segmenter run with its classifier run."""
+    dev = resolve_device(device)
+    if run_kind(seg_run) == "deconvnet":
+        if cls_run is not None:
+            raise UserError(f"{seg_run}: a DeconvNet baseline run takes no --cls (drop it)")
+        return load_deconvnet(seg_run, dev)
+    if cls_run is None:
+        raise UserError(f"{seg_run}: a DecoupledNet segmenter run needs --cls CLASSIFIER_RUN")
+    return load_models(cls_run, seg_run, dev)
+
+
+def _predict(models: Models | BaselineModels, images: list, threshold: float, keep: bool):
+    if isinstance(models, BaselineModels):
+        return segment_deconvnet(models.model, images)
+    return segment(models.classifier, models.segmenter, images, threshold, keep_maps=keep)
+
+
 def evaluate(
     data: Path,
-    models: Models,
+    models: Models | BaselineModels,
     *,
     split: str = "val",
     threshold: float = 0.5,
@@ -58,7 +80,12 @@ def evaluate(
 
     With `save_pred`: ``<id>.png`` palette PNGs for every image, and for the first
     `overlays` images ``overlays/<id>.png`` (and with `maps` ``maps/<id>.png/.npz``).
+    A DeconvNet baseline has no classifier: its ``cls_map`` is NaN (null in JSON), and
+    `threshold` and `maps` do not apply to it.
     """
+    baseline = isinstance(models, BaselineModels)
+    if baseline and maps:
+        raise UserError("--save-maps: a DeconvNet baseline run has no foreground/bridge maps")
     ds = ValDataset(data, split)
     names = ds.classes
     _check_classes(names, models, data)
@@ -75,13 +102,7 @@ def evaluate(
 
     def flush() -> None:
         keep = maps and save_pred is not None and pending[0]["index"] < overlays
-        preds = segment(
-            models.classifier,
-            models.segmenter,
-            [item["image"] for item in pending],
-            threshold,
-            keep_maps=keep,
-        )
+        preds = _predict(models, [item["image"] for item in pending], threshold, keep)
         for item, p in zip(pending, preds, strict=True):
             cm.update(item["mask"], p.pred)
             probs.append(p.probs)
@@ -105,7 +126,9 @@ def evaluate(
         "miou": cm.miou(),
         "miou_objects": cm.miou_objects(),
         "pixel_acc": cm.pixel_accuracy(),
-        "cls_map": mean_average_precision(np.stack(probs), np.stack(targets))[0] if n else math.nan,
+        "cls_map": mean_average_precision(np.stack(probs), np.stack(targets))[0]
+        if n and not baseline
+        else math.nan,
         "per_class": {name: float(v) for name, v in zip(names, iou, strict=True)},
     }
 
@@ -178,16 +201,16 @@ def _json_safe(obj: Any) -> Any:
 @click.option(
     "--cls",
     "cls_run",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="Classifier run directory (train-cls --out).",
+    help="Classifier run directory (train-cls --out); not for a DeconvNet baseline run.",
 )
 @click.option(
     "--seg",
     "seg_run",
     required=True,
     type=click.Path(path_type=Path),
-    help="Segmenter run directory (train-seg --out).",
+    help="Segmenter run directory (train-seg --out), or a train-seg --baseline deconvnet run.",
 )
 @click.option(
     "--split",
@@ -227,7 +250,7 @@ def _json_safe(obj: Any) -> Any:
 )
 def command(
     data: Path,
-    cls_run: Path,
+    cls_run: Path | None,
     seg_run: Path,
     split: str,
     threshold: float,
@@ -244,7 +267,7 @@ def command(
     and the classifier's mAP. mIoU counts C+1 classes with background, as the paper."""
     if save_maps and save_pred is None:
         raise UserError("--save-maps needs --save-pred DIR (the maps are written there)")
-    models = load_models(cls_run, seg_run, resolve_device(device))
+    models = load_for_eval(cls_run, seg_run, device)
     result = evaluate(
         data,
         models,

@@ -7,24 +7,43 @@ from pathlib import Path
 
 import click
 
+from ddn.models import ARCHS
+from pipeline.errors import UserError
+
 PathArg = click.Path(path_type=Path)
 
 
 @click.command("train-seg", context_settings={"show_default": True})
 @click.option("--data", type=PathArg, required=True, help="A directory made by `ddn prepare`.")
-@click.option("--cls", type=PathArg, required=True, help="A finished `ddn train-cls` run.")
+@click.option(
+    "--cls", type=PathArg, default=None, help="A finished `ddn train-cls` run (not for --baseline)."
+)
 @click.option("--out", type=PathArg, required=True, help="The run directory.")
+@click.option(
+    "--baseline",
+    type=click.Choice(["deconvnet"]),
+    default=None,
+    help="Train the paper's DeconvNet baseline instead: a (C+1)-class VGG-16 encoder + "
+    "deconvolution network, end to end on the strong crops, no classifier.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default=None,
+    help="--baseline only: encoder layout, as train-cls [default: vgg16].",
+)
 @click.option(
     "--input-size",
     type=int,
     default=None,
-    help="Crop side [default: the classifier's]; boxes are warped to 350/320 of it.",
+    help="Crop side [default: the classifier's; --baseline: 320]; boxes are warped to "
+    "350/320 of it.",
 )
 @click.option(
     "--width",
     type=float,
     default=None,
-    help="Bridge/segmenter channel fraction [default: the classifier's].",
+    help="Bridge/segmenter channel fraction [default: the classifier's; --baseline: 1].",
 )
 @click.option("--batch", default=16, help="Crops per micro-batch per process.")
 @click.option(
@@ -54,8 +73,9 @@ PathArg = click.Path(path_type=Path)
 )
 @click.option(
     "--weights",
-    default="none",
-    help="Init of bridge + segmenter: none, or a train-seg run / model.pt.",
+    default=None,
+    help="Init of bridge + segmenter: none, or a train-seg run / model.pt [default: none]. "
+    "--baseline: the encoder's, as train-cls: imagenet, none or a .pth [default: imagenet].",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option(
@@ -83,7 +103,29 @@ def command(**options) -> None:
 
     options["compile"] = options.pop("compile_")
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    result = train_seg(SegConfig(**options))
+    baseline, arch = options.pop("baseline"), options.pop("arch")
+    if baseline == "deconvnet":
+        result = _train_deconvnet(options, arch)
+    else:
+        if options["cls"] is None:
+            raise UserError("train-seg: --cls CLASSIFIER_RUN is required (or --baseline deconvnet)")
+        if arch is not None:
+            raise UserError("--arch: only with --baseline (the classifier run sets it)")
+        options["weights"] = options["weights"] or "none"
+        result = train_seg(SegConfig(**options))
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return
-    click.echo(f"segmenter saved to {result.run / 'model.pt'}")
+    what = "DeconvNet baseline" if baseline else "segmenter"
+    click.echo(f"{what} saved to {result.run / 'model.pt'}")
+
+
+def _train_deconvnet(options: dict, arch: str | None):
+    from ddn.train.deconvnet import DeconvConfig, train_deconvnet
+
+    if options.pop("cls") is not None:
+        raise UserError("--baseline deconvnet trains without a classifier: drop --cls")
+    defaults = {"arch": arch or "vgg16", "input_size": 320, "width": 1.0, "weights": "imagenet"}
+    for key, value in defaults.items():
+        if options.get(key) is None:
+            options[key] = value
+    return train_deconvnet(DeconvConfig(**options))

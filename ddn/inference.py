@@ -181,3 +181,29 @@ def segment(
         results.append(result)
         row += k + 1
     return results
+
+
+@torch.no_grad()
+def segment_deconvnet(
+    model: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device | str | None = None
+) -> list[Prediction]:
+    """The DeconvNet baseline on RGB uint8 `images`: the same padded-square input as
+    `segment`, softmax over its C+1 channels resized back (bilinear) and cropped to H x W,
+    arg-max. ``labels`` are the classes the prediction contains; ``probs`` each class's
+    highest pixel probability (the baseline has no image classifier).
+    """
+    if model.training:
+        raise ValueError("segment_deconvnet() needs the model in eval mode (.eval())")
+    if not images:
+        return []
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    x = network_input(images, model.input_size).to(device)
+    probs = model(normalize(x)).float().softmax(dim=1)
+    results = []
+    for image, p in zip(images, probs, strict=True):
+        h, w = image.shape[:2]
+        pred = to_image_grid(p, h, w).argmax(0).to(torch.uint8).cpu().numpy()
+        labels = [int(k) for k in np.unique(pred) if k > 0]
+        image_probs = p[1:].flatten(1).amax(1).cpu().numpy()
+        results.append(Prediction(labels, image_probs, pred))
+    return results

@@ -6,8 +6,10 @@ A finished run holds ``model.pt`` (`ddn.train.run.save_model`): ``{"model": stat
 object classes, or C+1 with background first); a segmenter's (``trainer: train-seg``)
 ``model`` is a `DecoupledSegmenter` state dict and its config records ``width``,
 ``pool5_size`` (or ``input_size``) and the classifier run it was trained with
-(``cls_run``). Files without ``trainer`` are recognised by an optional ``kind`` key or
-their state-dict keys. Anything missing is a one-line `UserError` naming file and key.
+(``cls_run``). A DeconvNet baseline's (``trainer: train-deconvnet``, ``kind:
+deconvnet``) holds a whole `DeconvNet` and needs no classifier. Files without
+``trainer`` are recognised by an optional ``kind`` key or their state-dict keys.
+Anything missing is a one-line `UserError` naming file and key.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import torch
 from torch import nn
 
 from ddn.models import Classifier, DecoupledSegmenter, build_classifier
+from ddn.models.deconvnet import CONFIG_KEYS, DeconvNet, build_deconvnet
 from ddn.train.run import MODEL, load_model
 from pipeline.errors import UserError
 from pipeline.shards import sha256_file
 
-TRAINERS = {"classifier": "train-cls", "segmenter": "train-seg"}
+TRAINERS = {"classifier": "train-cls", "segmenter": "train-seg", "deconvnet": "train-deconvnet"}
 # Wrappers that prefix state-dict keys: DistributedDataParallel, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # A state-dict key that only this kind of model has, for files that do not say.
-_KEY_OF_KIND = {"classifier": "encoder.", "segmenter": "bridge."}
+# DeconvNet before the classifier: both have encoder keys, only DeconvNet has fc.*.
+_KEY_OF_KIND = {"deconvnet": "fc.", "classifier": "encoder.", "segmenter": "bridge."}
 
 
 @dataclass
@@ -81,6 +85,8 @@ def read_run(run: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[
 def _kind_of(blob: dict, config: dict, state: dict) -> str | None:
     if "kind" in blob:
         return str(blob["kind"])
+    if "kind" in config:
+        return str(config["kind"])
     for kind, trainer in TRAINERS.items():
         if config.get("trainer") == trainer:
             return kind
@@ -171,6 +177,38 @@ def load_segmenter(
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not fit the configured model ({_first(e)})") from None
     return segmenter.to(device).eval(), config
+
+
+@dataclass
+class BaselineModels:
+    """A DeconvNet baseline run, ready for `ddn.inference.segment_deconvnet`."""
+
+    model: DeconvNet
+    classes: list[str]  # C+1 names, background first
+    config: dict[str, Any]
+
+
+def run_kind(run: str | Path) -> str | None:
+    """'classifier', 'segmenter', 'deconvnet' or None: what a finished run holds."""
+    path = model_path(run)
+    blob = load_model(path)
+    state = blob["model"] if isinstance(blob["model"], dict) else {}
+    config = blob["config"] if isinstance(blob["config"], dict) else {}
+    return _kind_of(blob, config, {_strip_prefix(k): v for k, v in state.items()})
+
+
+def load_deconvnet(run: str | Path, device: torch.device | str = "cpu") -> BaselineModels:
+    """A trained DeconvNet baseline (``train-seg --baseline deconvnet``) in eval mode."""
+    state, config, path = read_run(run, "deconvnet")
+    for key in CONFIG_KEYS:
+        _require(config, key, path)
+    model = build_deconvnet(config)
+    try:
+        _load_state(model, state, path)
+    except RuntimeError as e:  # shape mismatches
+        raise UserError(f"{path}: weights do not fit the configured model ({_first(e)})") from None
+    classes = run_classes(config, model.num_classes, path)
+    return BaselineModels(model.to(device).eval(), classes, config)
 
 
 def _first(e: Exception) -> str:

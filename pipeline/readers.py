@@ -35,10 +35,11 @@ from pipeline.errors import UserError
 from pipeline.imageio import decode_image, decode_label_png
 from pipeline.shard_access import ByteLRU, ShardSet
 from pipeline.shards import subset_classes
-from pipeline.training_crop import crop_image_chw, crop_target
+from pipeline.training_crop import CLASS_LUT, crop_image_chw, crop_target
 
 IMAGE_CACHE_BYTES = 512 << 20
 SOURCES = ("weak", "strong", "val")
+CROP_TARGETS = ("binary", "classes")  # CropDataset: figure/ground of P, or class labels
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -145,7 +146,9 @@ class CropDataset(_ShardDataset):
 
     Item: ``image`` uint8 (3, crop, crop), ``target`` uint8 (crop, crop) with 1 for
     classes in P, 0 for other classes and background, 255 ignore (also outside the
-    source image), ``subset`` float32 (C,) multi-hot of P, ``index``.
+    source image), ``subset`` float32 (C,) multi-hot of P, ``index``. With
+    ``target="classes"`` (the DeconvNet baseline) the target is the crop's label map
+    itself: class k is k, 0 background, 255 ignore, whatever P is.
 
     Each worker decodes a source image once and keeps it in an LRU cache of
     ``cache_bytes`` (RGBA image + label map, ~0.9 MB for 500x375): the ~200 crops of an
@@ -162,12 +165,16 @@ class CropDataset(_ShardDataset):
         flip: bool = True,
         seed: int = 0,
         cache_bytes: int = IMAGE_CACHE_BYTES,
+        target: str = "binary",
     ) -> None:
         if not 0 < crop_size <= warp_size:
             raise UserError(f"crop size {crop_size} must be in 1..warp size {warp_size}")
+        if target not in CROP_TARGETS:
+            raise UserError(f"unknown crop target {target!r}; expected one of {CROP_TARGETS}")
         preload = ("crop_image", "crop_subset", "crop_box", "labels")
         super().__init__(prepared_dir, "strong", "crops", preload)
         self.warp_size, self.crop_size, self.flip, self.seed = warp_size, crop_size, flip, seed
+        self.target = target
         self.image_cache = ByteLRU(cache_bytes)
 
     def crop_params(self, index: int) -> tuple[int, int, bool]:
@@ -199,11 +206,12 @@ class CropDataset(_ShardDataset):
         top, left, flip = self.crop_params(index)
         window = (self.warp_size, top, left, self.crop_size, flip)
         subset = subset_classes(labels_row, bitmask)
+        lut = CLASS_LUT if self.target == "classes" else None
         multi_hot = np.zeros(self.num_classes, np.float32)
         multi_hot[[c - 1 for c in subset]] = 1  # = subset_multi_hot, without a second pass
         return {
             "image": torch.from_numpy(crop_image_chw(rgba, box, *window)),
-            "target": torch.from_numpy(crop_target(labels, box, subset, *window)),
+            "target": torch.from_numpy(crop_target(labels, box, subset, *window, lut=lut)),
             "subset": torch.from_numpy(multi_hot),
             "index": index,
         }

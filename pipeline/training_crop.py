@@ -24,6 +24,8 @@ import numpy as np
 
 from pipeline.cropping import IGNORE
 
+CLASS_LUT = np.arange(256, dtype=np.uint8)  # identity: targets keep their class labels
+
 
 def crop_image_chw(
     image: np.ndarray,
@@ -70,11 +72,14 @@ def crop_target(
     left: int,
     crop: int,
     flip: bool,
+    lut: np.ndarray | None = None,
 ) -> np.ndarray:
     """The (crop, crop) window of the warped figure/ground target for subset P.
 
     1 where the class is in P, 0 for other classes and background, 255 where the label
-    map says ignore and wherever the sample falls outside the image.
+    map says ignore and wherever the sample falls outside the image. A 256-entry uint8
+    ``lut`` replaces the figure/ground mapping (`CLASS_LUT`: the class labels
+    themselves, for the DeconvNet baseline); 255 is still set outside the image.
     """
     x0, y0, x1, y1 = (float(v) for v in box)
     h, w = labels.shape
@@ -84,9 +89,10 @@ def crop_target(
         xs = xs[::-1]
     rows, cols = np.minimum(np.maximum(ys, 0), h - 1), np.minimum(np.maximum(xs, 0), w - 1)
     window = labels.take(rows, axis=0).take(cols, axis=1)
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[list(subset)] = 1
-    lut[IGNORE] = IGNORE
+    if lut is None:
+        lut = np.zeros(256, dtype=np.uint8)
+        lut[list(subset)] = 1
+        lut[IGNORE] = IGNORE
     target = cv2.LUT(window, lut)
     target[(ys < 0) | (ys >= h)] = IGNORE
     target[:, (xs < 0) | (xs >= w)] = IGNORE

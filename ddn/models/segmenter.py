@@ -55,6 +55,16 @@ def _conv_bn_relu(conv: nn.Module, channels: int) -> list[nn.Module]:
     return [conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
 
 
+def fc_block(in_channels: int, out_channels: int, hidden: int, k: int) -> nn.Sequential:
+    """k x k conv to `hidden` (pool5 -> 4x4) -> 1x1 conv -> k x k transposed conv back,
+    each with BN + ReLU: the bridge's body, and DeconvNet's fc6 / fc7 / deconv-fc6."""
+    return nn.Sequential(
+        *_conv_bn_relu(nn.Conv2d(in_channels, hidden, k, bias=False), hidden),
+        *_conv_bn_relu(nn.Conv2d(hidden, hidden, 1, bias=False), hidden),
+        *_conv_bn_relu(nn.ConvTranspose2d(hidden, out_channels, k, bias=False), out_channels),
+    )
+
+
 class Bridge(nn.Module):
     """g^l = bridge(pool5, f_cls): the class-specific activation map (B, C5, h, w)."""
 
@@ -67,11 +77,7 @@ class Bridge(nn.Module):
         # full-size head (measured), below BN's default eps of 1e-5, which would then set
         # the scale instead of the data. A small eps keeps BN(saliency) at unit variance.
         self.bn_saliency = nn.BatchNorm2d(in_channels, eps=SALIENCY_BN_EPS)
-        self.body = nn.Sequential(
-            *_conv_bn_relu(nn.Conv2d(2 * in_channels, hidden, k, bias=False), hidden),
-            *_conv_bn_relu(nn.Conv2d(hidden, hidden, 1, bias=False), hidden),
-            *_conv_bn_relu(nn.ConvTranspose2d(hidden, in_channels, k, bias=False), in_channels),
-        )
+        self.body = fc_block(2 * in_channels, in_channels, hidden, k)
         init_new_weights(self)
 
     def forward(self, pool5: Tensor, sal: Tensor) -> Tensor:
@@ -80,9 +86,12 @@ class Bridge(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """Unpooling + mirrored 3x3 convolutions from g^l to 2-channel logits (B, 2, H, W)."""
+    """Unpooling + mirrored 3x3 convolutions from g^l to logits (B, out_channels, H, W).
 
-    def __init__(self, width: float = 1.0, batch_norm: bool = True) -> None:
+    2 channels (figure/ground) in DecoupledNet; C+1 in the DeconvNet baseline.
+    """
+
+    def __init__(self, width: float = 1.0, batch_norm: bool = True, out_channels: int = 2) -> None:
         super().__init__()
         in_channels = scaled(512, width)
         stages = []
@@ -94,7 +103,7 @@ class Segmenter(nn.Module):
                 in_channels = out
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)  # stage 5 first
-        self.classify = nn.Conv2d(in_channels, 2, 1)
+        self.classify = nn.Conv2d(in_channels, out_channels, 1)
         init_new_weights(self)
 
     def forward(self, g: Tensor, switches: list[Tensor], sizes: list[torch.Size]) -> Tensor:

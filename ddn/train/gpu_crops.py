@@ -9,7 +9,7 @@ produces for the same (index, epoch) keys:
   ``crop`` window and flip, from (seed, epoch, index));
 - the target bit for bit: the label sample indices come from the very function the CPU
   reader uses (`pipeline.training_crop._source_index`, float64), then the subset's
-  figure/ground lookup, 255 outside the image;
+  figure/ground lookup (the identity for ``target="classes"``), 255 outside the image;
 - the image up to interpolation rounding: ``torchvision.ops.roi_align(aligned=True,
   sampling_ratio=1)`` samples bin centres x0 - 0.5 + (u + 0.5)(x1 - x0)/S in pixel-centre
   coordinates, i.e. continuous x = x0 + (u + 0.5)(x1 - x0)/S, the points of
@@ -35,7 +35,7 @@ from torchvision.ops import roi_align
 from pipeline.cropping import IGNORE
 from pipeline.readers import CropDataset
 from pipeline.shards import subset_classes
-from pipeline.training_crop import _source_index
+from pipeline.training_crop import CLASS_LUT, _source_index
 
 PAD = 1  # zero border around each stored image (see module doc)
 
@@ -116,7 +116,10 @@ class DeviceCrops:
             rois[b, 1:] = (x0 + left * sx + PAD, y0 + top * sy + PAD,
                            x0 + (left + crop) * sx + PAD, y0 + (top + crop) * sy + PAD)  # fmt: skip
             subset = subset_classes(self.label_rows[src[b]], int(self.crop_subset[i]))
-            luts[b, subset] = 1
+            if self.dataset.target == "classes":  # the DeconvNet baseline: class labels
+                luts[b] = CLASS_LUT
+            else:
+                luts[b, subset] = 1
             subsets[b, [k - 1 for k in subset]] = 1
 
         dev = self.device
