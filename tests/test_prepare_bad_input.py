@@ -161,3 +161,71 @@ def test_cli_reports_unreadable_image_without_traceback(synth_copy, tmp_path):
     jpg = voc2012(synth_copy) / "JPEGImages" / f"{iid}.jpg"
     jpg.write_bytes(b"")
     assert_one_line_error(invoke(synth_copy, tmp_path / "o"), jpg.name, "empty")
+
+
+def test_coco_json_that_references_a_missing_file(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(1, 7):
+        images.append({"id": i, "file_name": f"im{i}.jpg", "height": 40, "width": 48})
+        (tmp_path / "images").mkdir(exist_ok=True)
+        cv2.imwrite(
+            str(tmp_path / "images" / f"im{i}.jpg"),
+            rng.integers(0, 255, (40, 48, 3), dtype=np.uint8),
+        )
+        cat = 1 + i % 2
+        seg = [[5, 5, 30, 5, 30, 30, 5, 30]]
+        anns.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": cat,
+                "segmentation": seg,
+                "area": 625.0,
+                "iscrowd": 0,
+            }
+        )
+    ann = tmp_path / "instances.json"
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+            }
+        )
+    )
+    (tmp_path / "images" / "im3.jpg").unlink()
+    args = [
+        "prepare",
+        str(tmp_path / "out"),
+        "--dataset",
+        "coco",
+        "--root",
+        str(tmp_path / "images"),
+        "--ann",
+        str(ann),
+        "--proposals",
+        "5",
+        "--jobs",
+        "1",
+        "--strong-per-class",
+        "2",
+        "--method",
+        "random",
+    ]
+    r = CliRunner().invoke(cli, args)
+    assert_one_line_error(r, "im3.jpg", "file not found")
+    assert_nothing_half_written(tmp_path / "out")
+    r = CliRunner().invoke(cli, [*args, "--skip-bad"])
+    assert r.exit_code == 0, r.output
+    m = read_manifest(tmp_path / "out")
+    # one entry per shard it was left out of (it was picked as strong and is weak too)
+    assert {Path(s["file"]).name for s in m["skipped"]} == {"im3.jpg"}
+    assert all("shard" in s for s in m["skipped"])
+    assert (
+        m["splits"]["weak"] == 6
+        and sum(s["images"] for s in m["shards"] if s["kind"] == "weak") == 5
+    )
