@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch import Tensor
 
 from ddn import __version__
 from ddn.models import normalize
@@ -42,11 +41,10 @@ from ddn.train.run import (
     METRICS,
     MetricsLog,
     latest_checkpoint,
-    load_checkpoint,
     open_run,
     save_model,
 )
-from ddn.train.schedule import LRSchedule, segmenter_schedule
+from ddn.train.schedule import segmenter_schedule
 from ddn.train.seg import (
     EFFECTIVE_BATCH,
     WARP_RATIO,
@@ -148,22 +146,8 @@ def _train(cfg: DeconvConfig, info: DistInfo, on_step: loop.StepHook | None) -> 
     if latest is None:
         model.load_pretrained(cfg.weights)
     model.to(device, memory_format=fmt)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, LRSchedule(iters, 0, "step", (decay_step,), gamma=0.1)
-    )
-    step = 0
-    if latest is not None:
-        step = loop.restore_state(load_checkpoint(latest, device), model, optimizer, scheduler)
-    train_model: nn.Module = model
-    if info.enabled:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    optimizer, scheduler, step = loop.sgd_step_decay(model, cfg, iters, decay_step, latest, device)
+    train_model = loop.wrap_for_training(model, info, device, cfg.compile)
 
     device_crops = _device_crops(cfg.crop_path, train_set, device)
     sampler = StepBatchSampler(n, cfg.batch, accum, iters, step, cfg.seed, info)

@@ -205,3 +205,47 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def sgd_step_decay(
+    model: nn.Module,
+    cfg: Any,
+    iters: int,
+    decay_step: int,
+    latest: Path | None,
+    device: torch.device,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, int]:
+    """The reference segmenter optimiser (SGD, one x0.1 decay), restored from ``latest``.
+
+    Shared by train-seg and the DeconvNet baseline so both train under the same recipe.
+    Returns the optimiser, its scheduler and the step to continue from.
+    """
+    from ddn.train.run import load_checkpoint
+    from ddn.train.schedule import LRSchedule
+
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, LRSchedule(iters, 0, "step", (decay_step,), gamma=0.1)
+    )
+    step = 0
+    if latest is not None:
+        step = restore_state(load_checkpoint(latest, device), model, optimizer, scheduler)
+    return optimizer, scheduler, step
+
+
+def wrap_for_training(
+    model: nn.Module, info: DistInfo, device: torch.device, compile_: bool
+) -> nn.Module:
+    """DDP (when distributed) and torch.compile (when asked) around ``model``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped: nn.Module = model
+    if info.enabled:
+        wrapped = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if compile_:
+        wrapped = torch.compile(wrapped)
+    return wrapped

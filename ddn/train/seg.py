@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ddn import __version__
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
@@ -51,7 +50,7 @@ from ddn.train.run import (
     open_run,
     save_model,
 )
-from ddn.train.schedule import LRSchedule, segmenter_schedule
+from ddn.train.schedule import segmenter_schedule
 from pipeline.cropping import IGNORE
 from pipeline.errors import UserError
 from pipeline.manifest import read_manifest
@@ -169,24 +168,9 @@ def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> Seg
     if latest is None and cfg.weights != "none":
         _load_weights(model, cfg.weights)
     model.to(device, memory_format=fmt)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, LRSchedule(iters, 0, "step", (decay_step,), gamma=0.1)
-    )
-    step = 0
-    if latest is not None:
-        step = loop.restore_state(load_checkpoint(latest, device), model, optimizer, scheduler)
-    train_model: nn.Module = model
-    cls_forward: nn.Module = classifier
-    if info.enabled:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-        cls_forward = torch.compile(classifier)
+    optimizer, scheduler, step = loop.sgd_step_decay(model, cfg, iters, decay_step, latest, device)
+    train_model = loop.wrap_for_training(model, info, device, cfg.compile)
+    cls_forward: nn.Module = torch.compile(classifier) if cfg.compile else classifier
 
     device_crops = _device_crops(cfg.crop_path, train_set, device)
     sampler = StepBatchSampler(n, cfg.batch, accum, iters, step, cfg.seed, info)
