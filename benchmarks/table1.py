@@ -40,7 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli.eval import _json_safe, evaluate, load_for_eval  # noqa: E402
+from cli.eval import _json_safe, evaluate  # noqa: E402
+from ddn.runs import load_for_inference, resolve_device  # noqa: E402
 from ddn.train.cls import ClsConfig, train_cls  # noqa: E402
 from ddn.train.deconvnet import DeconvConfig, train_deconvnet  # noqa: E402
 from ddn.train.seg import SegConfig, train_seg  # noqa: E402
@@ -163,7 +164,7 @@ def _deconvnet(args: argparse.Namespace, prep: Path, run: Path) -> Path:
 
 
 def _miou(args: argparse.Namespace, prep: Path, seg: Path, cls: Path | None) -> dict[str, Any]:
-    models = load_for_eval(cls, seg, args.device)
+    models = load_for_inference(cls, seg, resolve_device(args.device))
     return evaluate(prep, models, workers=args.workers, overlays=0)
 
 

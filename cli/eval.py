@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ddn.confusion import ConfusionMatrix
-from ddn.inference import segment, segment_deconvnet
+from ddn.inference import check_maps, predict_images
 from ddn.metrics import mean_average_precision
-from ddn.runs import BaselineModels, Models, load_deconvnet, load_models, resolve_device, run_kind
+from ddn.runs import BaselineModels, Models, load_for_inference, resolve_device
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
 from pipeline.errors import UserError
 from pipeline.imageio import safe_join
@@ -42,27 +42,6 @@ def _check_classes(data_classes: list[str], models: Models | BaselineModels, dat
         )
 
 
-def load_for_eval(
-    cls_run: Path | None, seg_run: Path, device: str = "auto"
-) -> Models | BaselineModels:
-    """What `evaluate` takes: a DeconvNet baseline run alone (a --cls is not needed and is
-    refused), or a segmenter run with its classifier run."""
-    dev = resolve_device(device)
-    if run_kind(seg_run) == "deconvnet":
-        if cls_run is not None:
-            raise UserError(f"{seg_run}: a DeconvNet baseline run takes no --cls (drop it)")
-        return load_deconvnet(seg_run, dev)
-    if cls_run is None:
-        raise UserError(f"{seg_run}: a DecoupledNet segmenter run needs --cls CLASSIFIER_RUN")
-    return load_models(cls_run, seg_run, dev)
-
-
-def _predict(models: Models | BaselineModels, images: list, threshold: float, keep: bool):
-    if isinstance(models, BaselineModels):
-        return segment_deconvnet(models.model, images)
-    return segment(models.classifier, models.segmenter, images, threshold, keep_maps=keep)
-
-
 def evaluate(
     data: Path,
     models: Models | BaselineModels,
@@ -84,8 +63,7 @@ def evaluate(
     `threshold` and `maps` do not apply to it.
     """
     baseline = isinstance(models, BaselineModels)
-    if baseline and maps:
-        raise UserError("--save-maps: a DeconvNet baseline run has no foreground/bridge maps")
+    check_maps(models, maps)
     ds = ValDataset(data, split)
     names = ds.classes
     _check_classes(names, models, data)
@@ -102,7 +80,7 @@ def evaluate(
 
     def flush() -> None:
         keep = maps and save_pred is not None and pending[0]["index"] < overlays
-        preds = _predict(models, [item["image"] for item in pending], threshold, keep)
+        preds = predict_images(models, [item["image"] for item in pending], threshold, keep)
         for item, p in zip(pending, preds, strict=True):
             cm.update(item["mask"], p.pred)
             probs.append(p.probs)
@@ -267,7 +245,7 @@ def command(
     and the classifier's mAP. mIoU counts C+1 classes with background, as the paper."""
     if save_maps and save_pred is None:
         raise UserError("--save-maps needs --save-pred DIR (the maps are written there)")
-    models = load_for_eval(cls_run, seg_run, device)
+    models = load_for_inference(cls_run, seg_run, resolve_device(device))
     result = evaluate(
         data,
         models,

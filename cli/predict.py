@@ -1,4 +1,5 @@
-"""`ddn predict`: segment image files with a trained classifier + segmenter pair."""
+"""`ddn predict`: segment image files with a trained classifier + segmenter pair (or a
+DeconvNet baseline run)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from ddn.inference import Prediction, segment
-from ddn.runs import Models, load_models, resolve_device
+from ddn.inference import Prediction, check_maps, predict_images
+from ddn.runs import BaselineModels, Models, load_for_inference, resolve_device
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
 from pipeline.errors import BadInputError, UserError
 from pipeline.imageio import load_image
@@ -83,7 +84,7 @@ def _record(path: Path, name: str, p: Prediction, classes: list[str], maps: bool
 
 def predict(
     files: list[Path],
-    models: Models,
+    models: Models | BaselineModels,
     out: Path,
     *,
     threshold: float = 0.5,
@@ -97,7 +98,7 @@ def predict(
     for start in range(0, len(files), batch):
         chunk = files[start : start + batch]
         images = [load_image(path)[1] for path in chunk]
-        preds = segment(models.classifier, models.segmenter, images, threshold, keep_maps=maps)
+        preds = predict_images(models, images, threshold, keep_maps=maps)
         for path, name, image, p in zip(chunk, names[start:], images, preds, strict=False):
             save_label_png(out / f"{name}.png", p.pred)
             save_rgb(out / "overlays" / f"{name}.png", overlay(image, p.pred, models.classes))
@@ -111,7 +112,7 @@ def predict(
 
 def _summary(record: dict) -> str:
     picked = ", ".join(f"{x['class']} {x['prob']:.2f}" for x in record["labels"])
-    return f"{record['file']}: {picked or '(no label above the threshold: all background)'}"
+    return f"{record['file']}: {picked or '(no object found: all background)'}"
 
 
 @click.command("predict")
@@ -119,16 +120,16 @@ def _summary(record: dict) -> str:
 @click.option(
     "--cls",
     "cls_run",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="Classifier run directory (train-cls --out).",
+    help="Classifier run directory (train-cls --out); not for a DeconvNet baseline run.",
 )
 @click.option(
     "--seg",
     "seg_run",
     required=True,
     type=click.Path(path_type=Path),
-    help="Segmenter run directory (train-seg --out).",
+    help="Segmenter run directory (train-seg --out), or a train-seg --baseline deconvnet run.",
 )
 @click.option(
     "--out",
@@ -152,7 +153,7 @@ def _summary(record: dict) -> str:
 @click.option("--save-maps", is_flag=True, help="Also write foreground and bridge maps.")
 def command(
     inputs: tuple[Path, ...],
-    cls_run: Path,
+    cls_run: Path | None,
     seg_run: Path,
     out: Path,
     threshold: float,
@@ -162,15 +163,18 @@ def command(
     save_maps: bool,
 ) -> None:
     """Segment IMAGE_OR_DIR...: a VOC-palette PNG and an overlay per image, and the
-    picked labels with their probabilities in OUT/predictions.json."""
+    picked labels with their probabilities in OUT/predictions.json. A DeconvNet baseline
+    run (no --cls) lists the classes its mask contains, each with its highest pixel
+    probability."""
     files, skipped = check_readable(collect_inputs(list(inputs)), skip_bad)
-    models = load_models(cls_run, seg_run, resolve_device(device))
+    models = load_for_inference(cls_run, seg_run, resolve_device(device))
+    check_maps(models, save_maps)
     out.mkdir(parents=True, exist_ok=True)
     records = predict(files, models, out, threshold=threshold, batch=batch, maps=save_maps)
     result = {
         "classes": models.classes,
         "threshold": threshold,
-        "cls_run": str(cls_run),
+        "cls_run": None if cls_run is None else str(cls_run),
         "seg_run": str(seg_run),
         "images": records,
         "skipped": skipped,

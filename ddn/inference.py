@@ -33,6 +33,8 @@ from ddn.models import (
     saliency,
     seed_subsets,
 )
+from ddn.runs import BaselineModels, Models
+from pipeline.errors import UserError
 from pipeline.readers import pad_to_square_and_resize
 
 # Softmax probabilities are positive, but a float32 softmax of extreme logits can
@@ -207,3 +209,23 @@ def segment_deconvnet(
         image_probs = p[1:].flatten(1).amax(1).cpu().numpy()
         results.append(Prediction(labels, image_probs, pred))
     return results
+
+
+def predict_images(
+    models: Models | BaselineModels,
+    images: Sequence[np.ndarray],
+    threshold: float = 0.5,
+    keep_maps: bool = False,
+) -> list[Prediction]:
+    """`segment` for a classifier + segmenter pair, `segment_deconvnet` for a baseline run
+    (which has no threshold and no maps)."""
+    check_maps(models, keep_maps)
+    if isinstance(models, BaselineModels):
+        return segment_deconvnet(models.model, images)
+    return segment(models.classifier, models.segmenter, images, threshold, keep_maps=keep_maps)
+
+
+def check_maps(models: Models | BaselineModels, maps: bool) -> None:
+    """Refuse to draw foreground/bridge maps for a run that has none (before any work)."""
+    if maps and isinstance(models, BaselineModels):
+        raise UserError("--save-maps: a DeconvNet baseline run has no foreground/bridge maps")

@@ -211,6 +211,20 @@ def load_deconvnet(run: str | Path, device: torch.device | str = "cpu") -> Basel
     return BaselineModels(model.to(device).eval(), classes, config)
 
 
+def load_for_inference(
+    cls_run: str | Path | None, seg_run: str | Path, device: torch.device | str = "cpu"
+) -> Models | BaselineModels:
+    """What `ddn eval` and `ddn predict` take: a DeconvNet baseline run alone (a classifier
+    run is not needed and is refused), or a segmenter run with its classifier run."""
+    if run_kind(seg_run) == "deconvnet":
+        if cls_run is not None:
+            raise UserError(f"{seg_run}: a DeconvNet baseline run takes no --cls (drop it)")
+        return load_deconvnet(seg_run, device)
+    if cls_run is None:
+        raise UserError(f"{seg_run}: a DecoupledNet segmenter run needs --cls CLASSIFIER_RUN")
+    return load_models(cls_run, seg_run, device)
+
+
 def _first(e: Exception) -> str:
     # load_state_dict's message spans many lines; the CLI shows one.
     lines = [s.strip() for s in str(e).splitlines() if "size mismatch" in s]

@@ -17,6 +17,7 @@ from ddn.runs import load_deconvnet, run_kind
 from ddn.train.deconvnet import DeconvConfig, train_deconvnet
 from ddn.train.gpu_crops import DeviceCrops
 from pipeline.errors import UserError
+from pipeline.imageio import encode_label_png, load_label_map
 from pipeline.readers import CropDataset
 from tests.trainutil import ARCH, SIZE, WIDTH, make_cls_run, make_prepared
 
@@ -112,3 +113,23 @@ def test_cli_baseline_and_argument_errors(prep, tmp_path):
     res = runner.invoke(cli, ["eval", "--data", str(prep), "--seg", str(out), "--cls",
                               str(cls_run), "--workers", "0"])  # fmt: skip
     assert res.exit_code == 2 and "takes no --cls" in res.output
+
+    # ddn predict takes the baseline run alone, like eval.
+    image = tmp_path / "img.png"
+    image.write_bytes(encode_label_png(np.random.default_rng(0).integers(0, 255, (50, 70))))
+    res = runner.invoke(cli, ["predict", "--seg", str(out), str(image), "--out",
+                              str(tmp_path / "pred"), "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert saved["cls_run"] is None and len(saved["images"]) == 1
+    mask = load_label_map(tmp_path / "pred" / "img.png")
+    assert mask.shape == (50, 70)
+    # The baseline's labels are the classes its mask contains.
+    labels = [x["index"] for x in saved["images"][0]["labels"]]
+    assert labels == [int(k) for k in np.unique(mask) if k > 0]
+    assert (tmp_path / "pred" / "overlays" / "img.png").is_file()
+    for extra, message in ((["--save-maps"], "no foreground/bridge maps"),
+                           (["--cls", str(cls_run)], "takes no --cls")):  # fmt: skip
+        res = runner.invoke(cli, ["predict", "--seg", str(out), str(image), "--out",
+                                  str(tmp_path / "p2"), *extra])  # fmt: skip
+        assert res.exit_code == 2 and message in res.output, res.output
