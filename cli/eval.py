@@ -12,6 +12,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cli.options import data_option, inference_options, json_option, run_options
 from ddn.confusion import ConfusionMatrix
 from ddn.inference import check_maps, predict_images
 from ddn.metrics import mean_average_precision
@@ -170,45 +171,20 @@ def _json_safe(obj: Any) -> Any:
 
 
 @click.command("eval")
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="A directory made by `ddn prepare`.",
-)
-@click.option(
-    "--cls",
-    "cls_run",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Classifier run directory (train-cls --out); not for a DeconvNet baseline run.",
-)
-@click.option(
-    "--seg",
-    "seg_run",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Segmenter run directory (train-seg --out), or a train-seg --baseline deconvnet run.",
-)
+@data_option()
+@run_options()
 @click.option(
     "--split",
     type=click.Choice(SPLITS),
     default="val",
     help="Images to evaluate: val, or strong (the segmenter's training images).",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    help="A label is picked when its probability is above this.",
-)
-@click.option("--batch", type=click.IntRange(min=1), default=8, help="Images per forward pass.")
-@click.option("--device", default="auto", help="auto, cpu or cuda[:N].")
+@inference_options()
 @click.option("--workers", type=click.IntRange(min=0), default=2, help="Image decoding workers.")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@json_option()
 @click.option(
     "--save-pred",
     type=click.Path(path_type=Path),

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from cli.options import json_option
 from pipeline.inspect import draw_grid, format_summary, summarize
 
 
 @click.command("inspect")
 @click.argument("prepared", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@json_option()
 @click.option(
     "--grid",
     type=click.Path(path_type=Path),

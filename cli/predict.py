@@ -10,6 +10,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from cli.options import inference_options, run_options
 from ddn.inference import Prediction, check_maps, predict_images
 from ddn.runs import BaselineModels, Models, load_for_inference, resolve_device
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
@@ -117,34 +118,14 @@ def _summary(record: dict) -> str:
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--cls",
-    "cls_run",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="Classifier run directory (train-cls --out); not for a DeconvNet baseline run.",
-)
-@click.option(
-    "--seg",
-    "seg_run",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Segmenter run directory (train-seg --out), or a train-seg --baseline deconvnet run.",
-)
+@run_options()
 @click.option(
     "--out",
     required=True,
     type=click.Path(path_type=Path),
     help="Output directory: <name>.png, overlays/, predictions.json.",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    help="A label is picked when its probability is above this.",
-)
-@click.option("--batch", type=click.IntRange(min=1), default=8, help="Images per forward pass.")
-@click.option("--device", default="auto", help="auto, cpu or cuda[:N].")
+@inference_options()
 @click.option(
     "--skip-bad",
     is_flag=True,

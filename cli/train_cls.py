@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
+from cli.options import (
+    config_fields,
+    data_option,
+    is_reporting_rank,
+    run_dir_option,
+    training_options,
+)
 from ddn.models import ARCHS
-
-PathArg = click.Path(path_type=Path)
 
 
 @click.command("train-cls", context_settings={"show_default": True})
-@click.option("--data", type=PathArg, required=True, help="A directory made by `ddn prepare`.")
-@click.option("--out", type=PathArg, required=True, help="The run directory.")
+@data_option()
+@run_dir_option()
 @click.option(
     "--arch",
     type=click.Choice(ARCHS),
@@ -46,17 +48,7 @@ PathArg = click.Path(path_type=Path)
     default="imagenet",
     help="Encoder init: imagenet (torchvision download), a .pth state dict, or none.",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--workers", default=4, help="DataLoader worker processes.")
-@click.option("--seed", default=0, help="Seeds the init, the data order and the augmentation.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--amp/--no-amp", default=True, help="CUDA: bf16 autocast (off: float32).")
-@click.option(
-    "--channels-last/--no-channels-last", default=True, help="CUDA: channels_last memory format."
-)
-@click.option("--log-every", default=20, help="Steps between metrics.csv rows.")
-@click.option("--ckpt-every", default=500, help="Steps between checkpoints.")
+@training_options(seeds="the augmentation", compiles="the model")
 def command(**options) -> None:
     """Train the classifier (multi-label BCE) with validation mAP after every epoch.
 
@@ -65,10 +57,8 @@ def command(**options) -> None:
     from ddn.metrics import format_ap_table
     from ddn.train.cls import ClsConfig, train_cls
 
-    options["compile"] = options.pop("compile_")
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    result = train_cls(ClsConfig(**options))
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+    result = train_cls(ClsConfig(**config_fields(options)))
+    if not is_reporting_rank():
         return
     if len(result.val_ap):
         click.echo(format_ap_table(result.classes, result.val_ap, result.val_map))

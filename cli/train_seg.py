@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
 
+from cli.options import (
+    PATH,
+    config_fields,
+    data_option,
+    is_reporting_rank,
+    run_dir_option,
+    training_options,
+)
 from ddn.models import ARCHS
 from pipeline.errors import UserError
 
-PathArg = click.Path(path_type=Path)
-
 
 @click.command("train-seg", context_settings={"show_default": True})
-@click.option("--data", type=PathArg, required=True, help="A directory made by `ddn prepare`.")
+@data_option()
 @click.option(
-    "--cls", type=PathArg, default=None, help="A finished `ddn train-cls` run (not for --baseline)."
+    "--cls", type=PATH, default=None, help="A finished `ddn train-cls` run (not for --baseline)."
 )
-@click.option("--out", type=PathArg, required=True, help="The run directory.")
+@run_dir_option()
 @click.option(
     "--baseline",
     type=click.Choice(["deconvnet"]),
@@ -77,23 +80,19 @@ PathArg = click.Path(path_type=Path)
     help="Init of bridge + segmenter: none, or a train-seg run / model.pt [default: none]. "
     "--baseline: the encoder's, as train-cls: imagenet, none or a .pth [default: imagenet].",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option(
-    "--crop-path",
-    type=click.Choice(["auto", "gpu", "cpu"]),
-    default="auto",
-    help="gpu: crops cut on the device (auto on CUDA); cpu: DataLoader workers.",
+@training_options(
+    seeds="the crops",
+    compiles="the networks",
+    workers="DataLoader worker processes (cpu crop path).",
+    beside_device=(
+        click.option(
+            "--crop-path",
+            type=click.Choice(["auto", "gpu", "cpu"]),
+            default="auto",
+            help="gpu: crops cut on the device (auto on CUDA); cpu: DataLoader workers.",
+        ),
+    ),
 )
-@click.option("--workers", default=4, help="DataLoader worker processes (cpu crop path).")
-@click.option("--seed", default=0, help="Seeds the init, the data order and the crops.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
-@click.option("--amp/--no-amp", default=True, help="CUDA: bf16 autocast (off: float32).")
-@click.option(
-    "--channels-last/--no-channels-last", default=True, help="CUDA: channels_last memory format."
-)
-@click.option("--log-every", default=20, help="Steps between metrics.csv rows.")
-@click.option("--ckpt-every", default=500, help="Steps between checkpoints.")
 def command(**options) -> None:
     """Train the bridging layers and the segmenter (DecoupledNet's second stage).
 
@@ -101,8 +100,7 @@ def command(**options) -> None:
     """
     from ddn.train.seg import SegConfig, train_seg
 
-    options["compile"] = options.pop("compile_")
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    options = config_fields(options)
     baseline, arch = options.pop("baseline"), options.pop("arch")
     if baseline == "deconvnet":
         result = _train_deconvnet(options, arch)
@@ -113,7 +111,7 @@ def command(**options) -> None:
             raise UserError("--arch: only with --baseline (the classifier run sets it)")
         options["weights"] = options["weights"] or "none"
         result = train_seg(SegConfig(**options))
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+    if not is_reporting_rank():
         return
     what = "DeconvNet baseline" if baseline else "segmenter"
     click.echo(f"{what} saved to {result.run / 'model.pt'}")

@@ -13,37 +13,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ddn import __version__
 from ddn.metrics import mean_average_precision
 from ddn.models import Classifier, normalize
 from ddn.train import loop
-from ddn.train.distributed import (
-    DistInfo,
-    StepBatchSampler,
-    all_reduce_mean,
-    barrier,
-    cleanup_distributed,
-    epoch_of_step,
-    init_distributed,
-)
-from ddn.train.run import (
-    METRICS,
-    MetricsLog,
-    latest_checkpoint,
-    load_checkpoint,
-    open_run,
-    save_model,
-)
+from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
+from ddn.train.run import load_checkpoint, save_model
 from ddn.train.schedule import LRSchedule
 from pipeline.errors import UserError
 from pipeline.readers import WeakDataset
@@ -92,17 +75,11 @@ class ClsResult:
 
 def train_cls(cfg: ClsConfig, on_step: loop.StepHook | None = None) -> ClsResult:
     """Train (or resume) a classifier run; returns the final model and validation AP."""
-    info = init_distributed(loop.device_type(cfg.device))
-    try:
-        return _train(cfg, info, on_step)
-    finally:
-        cleanup_distributed(info)
+    return loop.run_distributed(cfg.device, lambda info: _train(cfg, info, on_step))
 
 
 def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> ClsResult:
-    device = loop.resolve_device(cfg.device, info)
-    loop.configure_backends(device)
-    fmt = loop.memory_format(device, cfg.channels_last)
+    device, fmt = loop.setup_device(cfg.device, cfg.channels_last, info)
     run = Path(cfg.out)
     _check(cfg)
 
@@ -119,24 +96,12 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     iters = cfg.iters if cfg.iters is not None else max(1, round(cfg.epochs * n / global_batch))
     warmup = cfg.warmup if cfg.warmup is not None else min(MAX_WARMUP, iters // 10)
     milestones = (round(iters * STEP_DECAY_AT),) if cfg.decay == "step" else ()
-    config = {
-        **asdict(cfg),
-        "trainer": "train-cls",
-        "data": str(Path(cfg.data).resolve()),
-        "iters": iters,
-        "warmup": warmup,
-        "milestones": list(milestones),
-        "world_size": info.world_size,
-        "global_batch": global_batch,
-        "train_images": n,
-        "classes": classes,
-        "num_classes": len(classes),
-        "ddn_version": __version__,
-    }
-    latest = open_run(run, config, cfg.resume) if info.is_main else None
-    barrier(info)
-    if not info.is_main and cfg.resume:
-        latest = latest_checkpoint(run)
+    config = loop.run_config(
+        cfg, "train-cls", iters=iters, warmup=warmup, milestones=list(milestones),
+        world_size=info.world_size, global_batch=global_batch, train_images=n,
+        classes=classes, num_classes=len(classes),
+    )  # fmt: skip
+    latest = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
 
     torch.manual_seed(cfg.seed)
     model = Classifier(len(classes), cfg.arch, cfg.width, cfg.input_size)
@@ -155,30 +120,26 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     step = 0
     if latest is not None:
         step = loop.restore_state(load_checkpoint(latest, device), model, optimizer, scheduler)
-    train_model: torch.nn.Module = model
-    if info.enabled:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    train_model = loop.wrap_for_training(model, info, device, cfg.compile)
 
     sampler = StepBatchSampler(n, cfg.batch, 1, iters, step, cfg.seed, info)
     loader = loop.make_loader(train_set, sampler, cfg.workers, device)
     ap_columns = [f"ap_{c}" for c in classes]
-    metrics = None
-    if info.is_main:
-        columns = ["step", "epoch", "loss", "lr", "examples_per_s", "val_map", *ap_columns]
-        metrics = MetricsLog(run / METRICS, columns, step if latest else None)
+    metrics = loop.open_metrics(run, info, step, latest, ["val_map", *ap_columns])
     progress = loop.Progress(iters, step, metrics, info, cfg.log_every, "train-cls")
-    ckpt = loop.Checkpointer(run, cfg.ckpt_every, info, latest)
+    state = loop.checkpoint_state(model, optimizer, scheduler, config, global_batch, n)
+    ckpt = loop.Checkpointer(run, cfg.ckpt_every, info, latest, state)
     result = ClsResult(model, run, classes)
 
-    def state() -> dict[str, Any]:
-        epoch = epoch_of_step(step, global_batch, n)
-        return loop.checkpoint_state(model, optimizer, scheduler, step, epoch, config)
+    def micro_loss(batch: dict[str, Tensor]) -> Tensor:
+        images = normalize(batch["image"].to(device, non_blocking=True))
+        images = images.contiguous(memory_format=fmt)
+        labels = batch["labels"].to(device, non_blocking=True)
+        with loop.autocast(device, cfg.amp):
+            out = train_model(images)
+        return classification_loss(out.logits.float(), labels)
 
-    def validate() -> None:
+    def validate(step: int) -> None:
         if info.is_main and val_set is not None:
             result.val_map, result.val_ap = evaluate(
                 model, val_set, cfg.batch, device, cfg.workers, cfg.amp, fmt
@@ -187,39 +148,19 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
             metrics.write(row | dict(zip(ap_columns, result.val_ap.tolist(), strict=True)))
         barrier(info)
 
+    def end_of_epoch(step: int) -> None:
+        epoch_done = step * global_batch // n > (step - 1) * global_batch // n
+        if epoch_done and step < iters:  # the last step validates after the loop
+            validate(step)
+
     model.train()
-    try:
-        for batch in loader:
-            images = normalize(batch["image"].to(device, non_blocking=True))
-            images = images.contiguous(memory_format=fmt)
-            labels = batch["labels"].to(device, non_blocking=True)
-            with loop.autocast(device, cfg.amp):
-                out = train_model(images)
-            loss = classification_loss(out.logits.float(), labels)
-            loss_value = all_reduce_mean(loss.detach().clone(), info).item()
-            loop.check_finite(loss_value, step + 1, run, ckpt.latest)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
-            progress.step(step, step * global_batch / n, loss_value, lr, global_batch)
-            epoch_done = step * global_batch // n > (step - 1) * global_batch // n
-            if epoch_done and step < iters:  # the last step validates after the loop
-                validate()
-            ckpt.maybe_save(step, state)
-            if on_step is not None:
-                on_step(step)
-    except KeyboardInterrupt:
-        ckpt.maybe_save(step, state, force=True)
-        if info.is_main:
-            progress.bar.write(f"interrupted at step {step}: saved {ckpt.latest}; add --resume")
-        raise
-    finally:
-        progress.close()
-    validate()
-    ckpt.maybe_save(step, state, force=True)
+    step = loop.train_steps(
+        train_model, micro_loss, iter(loader), optimizer, scheduler, progress, ckpt,
+        step=step, iters=iters, accum=1, global_batch=global_batch, epoch_size=n,
+        after_step=end_of_epoch, on_step=on_step,
+    )  # fmt: skip
+    validate(step)
+    ckpt.maybe_save(step, force=True)
     if info.is_main:
         model_config = {
             **model.config(), "classes": classes, "trainer": "train-cls",

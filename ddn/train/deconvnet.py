@@ -16,44 +16,18 @@ at the decay step, then BN statistics re-estimated over ``bn_batches`` batches.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ddn import __version__
 from ddn.models import normalize
 from ddn.models.deconvnet import KIND, DeconvNet
 from ddn.train import loop
-from ddn.train.distributed import (
-    DistInfo,
-    StepBatchSampler,
-    all_reduce_mean,
-    barrier,
-    cleanup_distributed,
-    epoch_of_step,
-    init_distributed,
-    no_sync,
-)
-from ddn.train.run import (
-    METRICS,
-    MetricsLog,
-    latest_checkpoint,
-    open_run,
-    save_model,
-)
-from ddn.train.schedule import segmenter_schedule
-from ddn.train.seg import (
-    EFFECTIVE_BATCH,
-    WARP_RATIO,
-    _batches,
-    _device_crops,
-    reestimate_bn,
-    segmentation_loss,
-    strong_per_class,
-)
+from ddn.train.distributed import DistInfo, barrier
+from ddn.train.run import save_model
+from ddn.train.seg import WARP_RATIO, strong_schedule, train_on_strong_crops
 from pipeline.errors import UserError
 from pipeline.readers import CropDataset
 
@@ -97,116 +71,38 @@ class DeconvResult:
 
 def train_deconvnet(cfg: DeconvConfig, on_step: loop.StepHook | None = None) -> DeconvResult:
     """Train (or resume) a DeconvNet baseline run; returns the final model."""
-    info = init_distributed(loop.device_type(cfg.device))
-    try:
-        return _train(cfg, info, on_step)
-    finally:
-        cleanup_distributed(info)
+    return loop.run_distributed(cfg.device, lambda info: _train(cfg, info, on_step))
 
 
 def _train(cfg: DeconvConfig, info: DistInfo, on_step: loop.StepHook | None) -> DeconvResult:
-    device = loop.resolve_device(cfg.device, info)
-    loop.configure_backends(device)
-    fmt = loop.memory_format(device, cfg.channels_last)
+    device, fmt = loop.setup_device(cfg.device, cfg.channels_last, info)
     run = Path(cfg.out)
     _check(cfg)
     warp = round(cfg.input_size * WARP_RATIO)
     train_set = CropDataset(
         cfg.data, warp_size=warp, crop_size=cfg.input_size, seed=cfg.seed, target="classes"
     )
-    n = len(train_set)
-    accum = cfg.accum or max(1, round(EFFECTIVE_BATCH / (cfg.batch * info.world_size)))
-    global_batch = cfg.batch * accum * info.world_size
-    per_class = strong_per_class(Path(cfg.data), train_set.num_classes)
-    iters, decay_step = segmenter_schedule(per_class, cfg.iters)
-    decay_step = cfg.decay_step or decay_step
-    config = {
-        **asdict(cfg),
-        "trainer": TRAINER,
-        "kind": KIND,
-        "data": str(Path(cfg.data).resolve()),
-        "warp_size": warp,
-        "accum": accum,
-        "iters": iters,
-        "decay_step": decay_step,
-        "strong_per_class": per_class,
-        "world_size": info.world_size,
-        "global_batch": global_batch,
-        "train_crops": n,
-        "classes": train_set.classes[1:],
-        "ddn_version": __version__,
-    }
-    latest = open_run(run, config, cfg.resume) if info.is_main else None
-    barrier(info)
-    if not info.is_main and cfg.resume:
-        latest = latest_checkpoint(run)
+    plan = strong_schedule(cfg, train_set, info)
+    config = loop.run_config(
+        cfg, TRAINER, kind=KIND, warp_size=warp, **plan.config(), classes=train_set.classes[1:]
+    )
+    latest = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
 
     torch.manual_seed(cfg.seed)
     model = DeconvNet(train_set.num_classes, cfg.arch, cfg.width, cfg.input_size)
     if latest is None:
         model.load_pretrained(cfg.weights)
     model.to(device, memory_format=fmt)
-    optimizer, scheduler, step = loop.sgd_step_decay(model, cfg, iters, decay_step, latest, device)
-    train_model = loop.wrap_for_training(model, info, device, cfg.compile)
 
-    device_crops = _device_crops(cfg.crop_path, train_set, device)
-    sampler = StepBatchSampler(n, cfg.batch, accum, iters, step, cfg.seed, info)
-    batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
-    metrics = None
-    if info.is_main:
-        columns = ["step", "epoch", "loss", "lr", "examples_per_s"]
-        metrics = MetricsLog(run / METRICS, columns, step if latest else None)
-    progress = loop.Progress(iters, step, metrics, info, cfg.log_every, "train-deconvnet")
-    ckpt = loop.Checkpointer(run, cfg.ckpt_every, info, latest)
+    def forward(net: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        images, target = _inputs(batch, device, fmt)
+        with loop.autocast(device, cfg.amp):
+            # C+1 channels: train-seg's loss is a cross-entropy over any number of them.
+            return net(images), target
 
-    def state() -> dict[str, Any]:
-        epoch = epoch_of_step(step, global_batch, n)
-        return loop.checkpoint_state(model, optimizer, scheduler, step, epoch, config)
-
-    model.train()
-    try:
-        while step < iters:
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            for micro in range(accum):
-                images, target = _inputs(next(batches), device, fmt)
-                with no_sync(train_model, micro < accum - 1):
-                    with loop.autocast(device, cfg.amp):
-                        logits = train_model(images)
-                    # train-seg's loss is cross-entropy over any channel count: C+1 here.
-                    loss = segmentation_loss(logits.float(), target)
-                    (loss / accum).backward()
-                total += loss.detach()
-            loss_value = all_reduce_mean(total / accum, info).item()
-            loop.check_finite(loss_value, step + 1, run, ckpt.latest)
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
-            progress.step(step, step * global_batch / n, loss_value, lr, global_batch)
-            ckpt.maybe_save(step, state)
-            if on_step is not None:
-                on_step(step)
-    except KeyboardInterrupt:
-        ckpt.maybe_save(step, state, force=True)
-        if info.is_main:
-            progress.bar.write(f"interrupted at step {step}: saved {ckpt.latest}; add --resume")
-        raise
-    finally:
-        progress.close()
-    ckpt.maybe_save(step, state, force=True)
-
-    bn_steps = math.ceil(cfg.bn_batches / info.world_size)
-    if bn_steps:
-        bn_sampler = StepBatchSampler(n, cfg.batch, 1, bn_steps, 0, cfg.seed, info, stream=1)
-        bn_batches = _batches(bn_sampler, train_set, device_crops, cfg.workers, device)
-
-        def forward(batch: dict[str, Tensor]) -> None:
-            with loop.autocast(device, cfg.amp):
-                model(_inputs(batch, device, fmt)[0])
-
-        reestimate_bn(model, bn_batches, forward, info)
-    model.eval()
+    train_on_strong_crops(
+        cfg, info, device, train_set, plan, config, latest, model, forward, on_step
+    )
     if info.is_main:
         model_config = {
             **model.config(), "trainer": TRAINER, "kind": KIND,

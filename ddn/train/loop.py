@@ -1,34 +1,65 @@
-"""What both trainers' loops share: device, precision, loader, progress, checkpoints.
+"""What the trainers share: process group, device, run directory, the step loop, checkpoints.
 
-The loops themselves stay in `ddn.train.cls` and `ddn.train.seg`, flat and readable top
-to bottom (torchvision's references, nanoGPT); this module holds only the pieces both
-would otherwise copy.
+Each trainer (`ddn.train.cls`, `ddn.train.seg`, `ddn.train.deconvnet`) stays readable top
+to bottom (torchvision's references, nanoGPT): it builds its data, model and optimiser,
+says how one micro-batch's loss is computed, and hands that to `train_steps`. This module
+holds only what all of them would otherwise copy.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ddn.train.distributed import DistInfo, EpochItems, StepBatchSampler
-from ddn.train.run import MetricsLog, rng_state, save_checkpoint, set_rng_state
+from ddn import __version__
+from ddn.train.distributed import (
+    DistInfo,
+    EpochItems,
+    StepBatchSampler,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    epoch_of_step,
+    init_distributed,
+    no_sync,
+)
+from ddn.train.run import (
+    METRICS,
+    MetricsLog,
+    latest_checkpoint,
+    open_run,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from pipeline.errors import UserError
 
 StepHook = Callable[[int], None]
+R = TypeVar("R")
 
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the run stops, the last checkpoint stays."""
+
+
+def run_distributed(device: str, train: Callable[[DistInfo], R]) -> R:
+    """``train(info)`` inside torchrun's process group (when there is one), always left after."""
+    info = init_distributed(device_type(device))
+    try:
+        return train(info)
+    finally:
+        cleanup_distributed(info)
 
 
 def device_type(name: str) -> str:
@@ -47,6 +78,15 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
             raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
         return torch.device("cuda", info.local_rank)
     return torch.device("cpu")
+
+
+def setup_device(
+    name: str, channels_last: bool, info: DistInfo
+) -> tuple[torch.device, torch.memory_format]:
+    """The --device, its fast backend settings, and the memory format inputs should take."""
+    device = resolve_device(name, info)
+    configure_backends(device)
+    return device, memory_format(device, channels_last)
 
 
 def configure_backends(device: torch.device) -> None:
@@ -112,6 +152,44 @@ def check_finite(loss: float, step: int, run: Path, latest: Path | None) -> None
         )
 
 
+# ---------------------------------------------------------------- the run directory
+
+
+def run_config(cfg: Any, trainer: str, **resolved: Any) -> dict[str, Any]:
+    """config.json: every field of the ``cfg`` dataclass, then what the trainer resolved.
+
+    ``resolved`` overrides fields in place (a dict keeps a key's first position) and adds
+    the rest in the order given, so the file reads the same from run to run.
+    """
+    data = str(Path(cfg.data).resolve())
+    return {**asdict(cfg), "trainer": trainer, "data": data, **resolved, "ddn_version": __version__}
+
+
+def open_run_on_all_ranks(
+    run: Path, config: dict[str, Any], resume: bool, info: DistInfo
+) -> Path | None:
+    """Rank 0 creates (or checks) the run directory; every rank gets the checkpoint to resume.
+
+    The others look only after the barrier: rank 0 may refuse the run, and must have
+    written config.json before anyone trains.
+    """
+    latest = open_run(run, config, resume) if info.is_main else None
+    barrier(info)
+    if not info.is_main and resume:
+        latest = latest_checkpoint(run)
+    return latest
+
+
+def open_metrics(
+    run: Path, info: DistInfo, step: int, latest: Path | None, extra: Sequence[str] = ()
+) -> MetricsLog | None:
+    """metrics.csv on rank 0: the training columns, then ``extra``; a resume keeps its rows."""
+    if not info.is_main:
+        return None
+    columns = ["step", "epoch", "loss", "lr", "examples_per_s", *extra]
+    return MetricsLog(run / METRICS, columns, step if latest else None)
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -119,19 +197,24 @@ def checkpoint_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    step: int,
-    epoch: int,
     config: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": scheduler.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "rng": rng_state(),
-        "config": config,
-    }
+    global_batch: int,
+    epoch_size: int,
+) -> Callable[[int], dict[str, Any]]:
+    """What a checkpoint at a step holds (made when it is written: the RNG state is now's)."""
+
+    def state(step: int) -> dict[str, Any]:
+        return {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch_of_step(step, global_batch, epoch_size),
+            "rng": rng_state(),
+            "config": config,
+        }
+
+    return state
 
 
 def restore_state(
@@ -148,13 +231,20 @@ def restore_state(
 class Checkpointer:
     """Rank 0 writes ``checkpoint-<step>.pt`` every ``every`` steps and on request."""
 
-    def __init__(self, run: Path, every: int, info: DistInfo, latest: Path | None) -> None:
-        self.run, self.every, self.info, self.latest = run, every, info, latest
+    def __init__(
+        self,
+        run: Path,
+        every: int,
+        info: DistInfo,
+        latest: Path | None,
+        state: Callable[[int], dict[str, Any]],
+    ) -> None:
+        self.run, self.every, self.info, self.latest, self.state = run, every, info, latest, state
 
-    def maybe_save(self, step: int, make_state: Callable[[], dict[str, Any]], force=False) -> None:
+    def maybe_save(self, step: int, force: bool = False) -> None:
         if not self.info.is_main or not (force or (self.every and step % self.every == 0)):
             return
-        self.latest = save_checkpoint(self.run, make_state())
+        self.latest = save_checkpoint(self.run, self.state(step))
 
 
 # ---------------------------------------------------------------- progress
@@ -205,6 +295,68 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+# ---------------------------------------------------------------- the step loop
+
+
+def train_steps(
+    train_model: nn.Module,
+    micro_loss: Callable[[dict[str, Tensor]], Tensor],
+    batches: Iterator[dict[str, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    progress: Progress,
+    ckpt: Checkpointer,
+    *,
+    step: int,
+    iters: int,
+    accum: int,
+    global_batch: int,
+    epoch_size: int,
+    after_step: StepHook | None = None,
+    on_step: StepHook | None = None,
+) -> int:
+    """Optimizer steps ``step + 1 .. iters``; returns the step reached.
+
+    One step: ``accum`` micro-batches from ``batches``, the gradient of the mean of their
+    ``micro_loss`` (DDP syncs on the last only), a stop when the loss over all ranks is not
+    finite, the optimizer and scheduler steps, then ``progress``, ``after_step`` (train-cls
+    validates there), a checkpoint when one is due, and ``on_step`` (the tests' hook).
+    Ctrl-C checkpoints the last finished step before it propagates: --resume goes on
+    from there as if never stopped.
+    """
+    info = ckpt.info
+    try:
+        while step < iters:
+            optimizer.zero_grad(set_to_none=True)
+            losses = []
+            for micro in range(accum):
+                with no_sync(train_model, micro < accum - 1):
+                    loss = micro_loss(next(batches))
+                    (loss / accum).backward()
+                losses.append(loss.detach())
+            total = sum(losses, torch.zeros((), device=losses[0].device))
+            loss_value = all_reduce_mean(total / accum, info).item()
+            check_finite(loss_value, step + 1, ckpt.run, ckpt.latest)
+            optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            step += 1
+            progress.step(step, step * global_batch / epoch_size, loss_value, lr, global_batch)
+            if after_step is not None:
+                after_step(step)
+            ckpt.maybe_save(step)
+            if on_step is not None:
+                on_step(step)
+    except KeyboardInterrupt:
+        ckpt.maybe_save(step, force=True)
+        if info.is_main:
+            progress.bar.write(f"interrupted at step {step}: saved {ckpt.latest}; add --resume")
+        raise
+    finally:
+        progress.close()
+    return step
 
 
 def sgd_step_decay(

@@ -17,45 +17,30 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddn import __version__
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
 from ddn.runs import load_classifier
 from ddn.train import loop
-from ddn.train.distributed import (
-    DistInfo,
-    StepBatchSampler,
-    all_reduce_mean,
-    barrier,
-    cleanup_distributed,
-    epoch_of_step,
-    init_distributed,
-    no_sync,
-)
+from ddn.train.distributed import DistInfo, StepBatchSampler, all_reduce_mean, barrier
 from ddn.train.gpu_crops import DeviceCrops
-from ddn.train.run import (
-    METRICS,
-    MetricsLog,
-    latest_checkpoint,
-    load_checkpoint,
-    load_model,
-    open_run,
-    save_model,
-)
+from ddn.train.run import load_checkpoint, load_model, save_model
 from ddn.train.schedule import segmenter_schedule
 from pipeline.cropping import IGNORE
 from pipeline.errors import UserError
 from pipeline.manifest import read_manifest
 from pipeline.readers import CropDataset
 from pipeline.shards import sha256_file
+
+if TYPE_CHECKING:
+    from ddn.train.deconvnet import DeconvConfig
 
 EFFECTIVE_BATCH = 64  # the reference's 4 x 16
 WARP_RATIO = 350 / 320  # the reference warps boxes to 350 and crops 320
@@ -99,18 +84,11 @@ class SegResult:
 
 def train_seg(cfg: SegConfig, on_step: loop.StepHook | None = None) -> SegResult:
     """Train (or resume) a segmenter run on a frozen classifier; returns the final model."""
-    info = init_distributed(loop.device_type(cfg.device))
-    try:
-        return _train(cfg, info, on_step)
-    finally:
-        cleanup_distributed(info)
+    return loop.run_distributed(cfg.device, lambda info: _train(cfg, info, on_step))
 
 
 def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> SegResult:
-    device = loop.resolve_device(cfg.device, info)
-    loop.configure_backends(device)
-    fmt = loop.memory_format(device, cfg.channels_last)
-    amp = cfg.amp
+    device, fmt = loop.setup_device(cfg.device, cfg.channels_last, info)
     run = Path(cfg.out)
 
     classifier, cls_classes, cls_config = load_classifier(cfg.cls, device)
@@ -126,41 +104,19 @@ def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> Seg
             f"{cfg.cls}: classifier classes {cls_classes[1:]} differ from "
             f"{cfg.data}'s {train_set.classes[1:]}"
         )
-    n = len(train_set)
-    accum = cfg.accum or max(1, round(EFFECTIVE_BATCH / (cfg.batch * info.world_size)))
-    global_batch = cfg.batch * accum * info.world_size
-    per_class = strong_per_class(Path(cfg.data), train_set.num_classes)
-    iters, decay_step = segmenter_schedule(per_class, cfg.iters)
-    decay_step = cfg.decay_step or decay_step
+    plan = strong_schedule(cfg, train_set, info)
     cls_model_file = Path(cfg.cls) / "model.pt" if Path(cfg.cls).is_dir() else Path(cfg.cls)
     classifier_info = {
         **{k: v for k, v in cls_config.items() if k != "train_config"},
         "run": str(Path(cfg.cls).resolve()),
         "sha256": sha256_file(cls_model_file),
     }
-    config = {
-        **asdict(cfg),
-        "trainer": "train-seg",
-        "data": str(Path(cfg.data).resolve()),
-        "cls": str(Path(cfg.cls).resolve()),
-        "input_size": input_size,
-        "width": width,
-        "warp_size": warp,
-        "accum": accum,
-        "iters": iters,
-        "decay_step": decay_step,
-        "strong_per_class": per_class,
-        "world_size": info.world_size,
-        "global_batch": global_batch,
-        "train_crops": n,
-        "classes": train_set.classes[1:],
-        "classifier": classifier_info,
-        "ddn_version": __version__,
-    }
-    latest = open_run(run, config, cfg.resume) if info.is_main else None
-    barrier(info)
-    if not info.is_main and cfg.resume:
-        latest = latest_checkpoint(run)
+    config = loop.run_config(
+        cfg, "train-seg", cls=str(Path(cfg.cls).resolve()), input_size=input_size, width=width,
+        warp_size=warp, **plan.config(), classes=train_set.classes[1:],
+        classifier=classifier_info,
+    )  # fmt: skip
+    latest = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
 
     torch.manual_seed(cfg.seed)
     pool5_size = input_size // 32
@@ -168,66 +124,15 @@ def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> Seg
     if latest is None and cfg.weights != "none":
         _load_weights(model, cfg.weights)
     model.to(device, memory_format=fmt)
-    optimizer, scheduler, step = loop.sgd_step_decay(model, cfg, iters, decay_step, latest, device)
-    train_model = loop.wrap_for_training(model, info, device, cfg.compile)
     cls_forward: nn.Module = torch.compile(classifier) if cfg.compile else classifier
 
-    device_crops = _device_crops(cfg.crop_path, train_set, device)
-    sampler = StepBatchSampler(n, cfg.batch, accum, iters, step, cfg.seed, info)
-    batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
-    metrics = None
-    if info.is_main:
-        columns = ["step", "epoch", "loss", "lr", "examples_per_s"]
-        metrics = MetricsLog(run / METRICS, columns, step if latest else None)
-    progress = loop.Progress(iters, step, metrics, info, cfg.log_every, "train-seg")
-    ckpt = loop.Checkpointer(run, cfg.ckpt_every, info, latest)
+    def forward(segmenter: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        images, subsets, target = _inputs(batch, device, fmt)
+        return segment(cls_forward, classifier, segmenter, images, subsets, cfg.amp), target
 
-    def state() -> dict[str, Any]:
-        epoch = epoch_of_step(step, global_batch, n)
-        return loop.checkpoint_state(model, optimizer, scheduler, step, epoch, config)
-
-    model.train()
-    try:
-        while step < iters:
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            for micro in range(accum):
-                images, subsets, target = _inputs(next(batches), device, fmt)
-                with no_sync(train_model, micro < accum - 1):
-                    logits = segment(cls_forward, classifier, train_model, images, subsets, amp)
-                    loss = segmentation_loss(logits.float(), target)
-                    (loss / accum).backward()
-                total += loss.detach()
-            loss_value = all_reduce_mean(total / accum, info).item()
-            loop.check_finite(loss_value, step + 1, run, ckpt.latest)
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
-            progress.step(step, step * global_batch / n, loss_value, lr, global_batch)
-            ckpt.maybe_save(step, state)
-            if on_step is not None:
-                on_step(step)
-    except KeyboardInterrupt:
-        ckpt.maybe_save(step, state, force=True)
-        if info.is_main:
-            progress.bar.write(f"interrupted at step {step}: saved {ckpt.latest}; add --resume")
-        raise
-    finally:
-        progress.close()
-    ckpt.maybe_save(step, state, force=True)
-
-    bn_steps = math.ceil(cfg.bn_batches / info.world_size)
-    if bn_steps:
-        bn_sampler = StepBatchSampler(n, cfg.batch, 1, bn_steps, 0, cfg.seed, info, stream=1)
-        bn_batches = _batches(bn_sampler, train_set, device_crops, cfg.workers, device)
-
-        def forward(batch: dict[str, Tensor]) -> None:
-            images, subsets, _ = _inputs(batch, device, fmt)
-            segment(cls_forward, classifier, model, images, subsets, amp)
-
-        reestimate_bn(model, bn_batches, forward, info)
-    model.eval()
+    train_on_strong_crops(
+        cfg, info, device, train_set, plan, config, latest, model, forward, on_step
+    )
     if info.is_main:
         model_config = {
             "trainer": "train-seg", "in_channels": classifier.encoder.out_channels,
@@ -304,6 +209,99 @@ def strong_per_class(data: Path, num_classes: int) -> int | None:
         return max(1, round(int(manifest["splits"]["strong"]) / num_classes))
     value = split.get("strong_per_class", 5)
     return None if value is None else int(value)
+
+
+# ---------------------------------------------------------- shared with the DeconvNet baseline
+
+
+@dataclass(frozen=True)
+class StrongSchedule:
+    """How a segmenter run on the strong crops counts its steps (the reference's table)."""
+
+    crops: int  # one epoch
+    accum: int
+    global_batch: int  # crops per optimizer step over all ranks
+    iters: int
+    decay_step: int
+    per_class: int | None
+    world_size: int
+
+    def config(self) -> dict[str, Any]:
+        """Its config.json entries, in the order train-seg has always written them."""
+        return {
+            "accum": self.accum, "iters": self.iters, "decay_step": self.decay_step,
+            "strong_per_class": self.per_class, "world_size": self.world_size,
+            "global_batch": self.global_batch, "train_crops": self.crops,
+        }  # fmt: skip
+
+
+def strong_schedule(
+    cfg: SegConfig | DeconvConfig, dataset: CropDataset, info: DistInfo
+) -> StrongSchedule:
+    """Accumulate to the reference's effective batch; iterations and decay step from its
+    table for the prepared directory's strong split, unless set."""
+    accum = cfg.accum or max(1, round(EFFECTIVE_BATCH / (cfg.batch * info.world_size)))
+    per_class = strong_per_class(Path(cfg.data), dataset.num_classes)
+    iters, decay_step = segmenter_schedule(per_class, cfg.iters)
+    global_batch = cfg.batch * accum * info.world_size
+    return StrongSchedule(
+        len(dataset), accum, global_batch, iters, cfg.decay_step or decay_step, per_class,
+        info.world_size,
+    )  # fmt: skip
+
+
+def train_on_strong_crops(
+    cfg: SegConfig | DeconvConfig,
+    info: DistInfo,
+    device: torch.device,
+    train_set: CropDataset,
+    plan: StrongSchedule,
+    config: dict[str, Any],
+    latest: Path | None,
+    model: nn.Module,
+    forward: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, Tensor]],
+    on_step: loop.StepHook | None,
+) -> None:
+    """train-seg's optimisation of ``model``, from its first weights (or ``latest``) to its
+    final BN statistics; leaves it in eval mode. The DeconvNet baseline trains through
+    this too, so that the comparison differs only in the model.
+
+    ``forward(module, batch)`` gives a micro-batch's (logits, target), trained with
+    `segmentation_loss` under SGD with one x0.1 decay. BN statistics are then averaged over
+    ``cfg.bn_batches`` batches of index stream 1: the training order (stream 0) stays the
+    same whether, and over how many batches, they are re-estimated.
+    """
+    run, n = Path(cfg.out), plan.crops
+    optimizer, scheduler, step = loop.sgd_step_decay(
+        model, cfg, plan.iters, plan.decay_step, latest, device
+    )
+    train_model = loop.wrap_for_training(model, info, device, cfg.compile)
+    device_crops = _device_crops(cfg.crop_path, train_set, device)
+    sampler = StepBatchSampler(n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info)
+    batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
+    metrics = loop.open_metrics(run, info, step, latest)
+    progress = loop.Progress(plan.iters, step, metrics, info, cfg.log_every, config["trainer"])
+    state = loop.checkpoint_state(model, optimizer, scheduler, config, plan.global_batch, n)
+    ckpt = loop.Checkpointer(run, cfg.ckpt_every, info, latest, state)
+
+    def micro_loss(batch: dict[str, Tensor]) -> Tensor:
+        logits, target = forward(train_model, batch)
+        return segmentation_loss(logits.float(), target)
+
+    model.train()
+    step = loop.train_steps(
+        train_model, micro_loss, batches, optimizer, scheduler, progress, ckpt,
+        step=step, iters=plan.iters, accum=plan.accum, global_batch=plan.global_batch,
+        epoch_size=n, on_step=on_step,
+    )  # fmt: skip
+    ckpt.maybe_save(step, force=True)
+
+    bn_steps = math.ceil(cfg.bn_batches / info.world_size)
+    if bn_steps:
+        bn_sampler = StepBatchSampler(n, cfg.batch, 1, bn_steps, 0, cfg.seed, info, stream=1)
+        bn_batches = _batches(bn_sampler, train_set, device_crops, cfg.workers, device)
+        reestimate_bn(model, bn_batches, lambda batch: forward(model, batch), info)
+    model.eval()
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,0 +1,142 @@
+"""Click options that several `ddn` commands share, so each command lists only its own.
+
+Each factory returns one decorator that applies its options in the order listed, which is
+the order `--help` shows them; a command keeps its documented order by placing the
+decorator where those options stood.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+Decorator = Callable[[F], F]
+
+PATH = click.Path(path_type=Path)
+
+
+def stack(*decorators: Decorator) -> Decorator:
+    """One decorator applying `decorators` as if written top to bottom above a function."""
+
+    def apply(f: F) -> F:
+        # Decorators written above a function apply bottom-up; click shows options in the
+        # order written, so apply the last one first.
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+def data_option() -> Decorator:
+    """--data: the directory `ddn prepare` wrote (train-cls, train-seg, eval)."""
+    return click.option(
+        "--data", type=PATH, required=True, help="A directory made by `ddn prepare`."
+    )
+
+
+def json_option() -> Decorator:
+    """--json (as `as_json`): one machine-readable object on stdout instead of the text."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON object instead of text."
+    )
+
+
+def run_options() -> Decorator:
+    """--cls / --seg (as `cls_run` / `seg_run`): the trained runs `eval` and `predict` load
+    with `ddn.runs.load_for_inference`. --cls is optional because a DeconvNet baseline run
+    segments without a classifier."""
+    return stack(
+        click.option(
+            "--cls",
+            "cls_run",
+            default=None,
+            type=PATH,
+            help="Classifier run directory (train-cls --out); not for a DeconvNet baseline run.",
+        ),
+        click.option(
+            "--seg",
+            "seg_run",
+            required=True,
+            type=PATH,
+            help="Segmenter run directory (train-seg --out), "
+            "or a train-seg --baseline deconvnet run.",
+        ),
+    )
+
+
+def inference_options() -> Decorator:
+    """--threshold / --batch / --device: how `ddn.inference.predict_images` runs."""
+    return stack(
+        click.option(
+            "--threshold",
+            type=click.FloatRange(0, 1),
+            default=0.5,
+            help="A label is picked when its probability is above this.",
+        ),
+        click.option(
+            "--batch", type=click.IntRange(min=1), default=8, help="Images per forward pass."
+        ),
+        # Free text, not a Choice: resolve_device also takes cuda:N for one GPU of several.
+        click.option("--device", default="auto", help="auto, cpu or cuda[:N]."),
+    )
+
+
+def run_dir_option() -> Decorator:
+    """--out: the run directory a trainer writes its checkpoints and model.pt to."""
+    return click.option("--out", type=PATH, required=True, help="The run directory.")
+
+
+def training_options(
+    *,
+    seeds: str,
+    compiles: str,
+    workers: str = "DataLoader worker processes.",
+    beside_device: tuple[Decorator, ...] = (),
+) -> Decorator:
+    """--device ... --ckpt-every: how a trainer runs, as opposed to what it learns.
+
+    The help differs only where the trainers do: `seeds` names what --seed seeds besides
+    the init and the data order, `compiles` what --compile compiles, `workers` is the
+    --workers help. `beside_device` are a trainer's own options that belong right after
+    --device (train-seg's --crop-path, which picks where the work runs).
+    """
+    return stack(
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto"),
+        *beside_device,
+        click.option("--workers", default=4, help=workers),
+        click.option("--seed", default=0, help=f"Seeds the init, the data order and {seeds}."),
+        click.option(
+            "--resume", is_flag=True, help="Continue from the latest checkpoint in --out."
+        ),
+        click.option("--compile", "compile_", is_flag=True, help=f"torch.compile {compiles}."),
+        click.option("--amp/--no-amp", default=True, help="CUDA: bf16 autocast (off: float32)."),
+        click.option(
+            "--channels-last/--no-channels-last",
+            default=True,
+            help="CUDA: channels_last memory format.",
+        ),
+        click.option("--log-every", default=20, help="Steps between metrics.csv rows."),
+        click.option("--ckpt-every", default=500, help="Steps between checkpoints."),
+    )
+
+
+def config_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """A trainer's click options as config fields.
+
+    --compile arrives as `compile_` (the parameter would shadow the builtin); paths become
+    str because configs are saved as JSON in the run directory.
+    """
+    fields = dict(options)
+    fields["compile"] = fields.pop("compile_")
+    return {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
+
+
+def is_reporting_rank() -> bool:
+    """True in a single process and on rank 0 under torchrun: only one process prints."""
+    return os.environ.get("RANK", "0") == "0"

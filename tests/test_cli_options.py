@@ -1,0 +1,57 @@
+"""cli/options.py: shared options keep their order and read the same in every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from cli.main import cli
+from cli.options import config_fields, stack
+
+
+def _info(command: str, name: str) -> dict:
+    param = next(p for p in cli.commands[command].params if p.name == name)
+    return param.to_info_dict()
+
+
+def test_stack_keeps_the_written_order() -> None:
+    @click.command()
+    @stack(click.option("--b"), click.option("--a"), stack(click.option("--z")))
+    @click.option("--c")
+    def command(**_: object) -> None:
+        pass
+
+    assert [p.name for p in command.params] == ["b", "a", "z", "c"]
+
+
+def test_eval_and_predict_share_run_and_inference_options() -> None:
+    for name in ("cls_run", "seg_run", "threshold", "batch", "device"):
+        assert _info("eval", name) == _info("predict", name), name
+    assert _info("eval", "seg_run")["required"] and not _info("eval", "cls_run")["required"]
+
+
+def test_trainers_share_training_options_but_keep_their_help() -> None:
+    for name in ("device", "resume", "amp", "channels_last", "log_every", "ckpt_every"):
+        assert _info("train-cls", name) == _info("train-seg", name), name
+    assert _info("train-cls", "seed")["help"].endswith("the augmentation.")
+    assert _info("train-seg", "seed")["help"].endswith("the crops.")
+    assert _info("train-seg", "compile_")["help"] == "torch.compile the networks."
+    # --crop-path stays next to --device, where train-seg's help has always listed it
+    names = [p.name for p in cli.commands["train-seg"].params]
+    assert names.index("crop_path") == names.index("device") + 1
+    assert names.index("workers") == names.index("crop_path") + 1
+
+
+def test_help_lists_shared_options_in_place() -> None:
+    text = CliRunner().invoke(cli, ["predict", "--help"]).output
+    order = ["--cls", "--seg", "--out", "--threshold", "--batch", "--device", "--skip-bad"]
+    positions = [text.index(f"  {flag} ") for flag in order]
+    assert positions == sorted(positions)
+    assert "[default: 0.5; 0<=x<=1]" in text
+
+
+def test_config_fields_renames_compile_and_stringifies_paths() -> None:
+    fields = config_fields({"compile_": True, "data": Path("d"), "cls": None, "seed": 3})
+    assert fields == {"compile": True, "data": "d", "cls": None, "seed": 3}
