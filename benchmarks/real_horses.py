@@ -7,14 +7,15 @@ runs the real ``ddn`` commands, one after the other, and times each:
 1. ``ddn prepare`` once per strong count (``--strong`` 5 and 10 horse images; the weak
    set is every train image either way, val the 50 val images);
 2. ``ddn train-cls`` once (VGG-16 from the ImageNet convs, input ``--input-size``);
-3. ``ddn train-seg`` per strong count (bridge + segmenter at ``--seg-width``);
+3. ``ddn train-seg`` per strong count (bridge + segmenter, full width: it unpools
+   with the classifier's switches);
 4. ``ddn eval --json`` per strong count, with palette PNGs and overlays.
 
 Writes ``OUT/horses.md`` (commands, times, horse IoU and mIoU) and ``OUT/horses.json``;
 the last line printed is the JSON summary. Finished steps are reused when re-run with
 the same ``--out``. Exits non-zero when ``--min-horse-iou`` is given and a run is below
-it. CPU defaults: 128 px inputs, segmenter at 1/4 width, 150 classifier / 300
-segmenter steps (see ``benchmarks/RESULTS.md`` for the time this takes).
+it. CPU defaults: 128 px inputs, 30 classifier steps (the weak labels are all
+"horse") and 100 segmenter steps of 8 crops (``benchmarks/RESULTS.md`` has the time).
 
     python benchmarks/real_horses.py --out data/horses
 """
@@ -42,12 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=SHARED / "weights" / "vgg16_imagenet_features.pth")  # fmt: skip
     p.add_argument("--strong", default="5,10", help="Comma-separated strong image counts.")
     p.add_argument("--input-size", type=int, default=128)
-    p.add_argument("--seg-width", type=float, default=0.25,
-                   help="Bridge/segmenter channel fraction.")  # fmt: skip
-    p.add_argument("--cls-iters", type=int, default=150)
+    p.add_argument("--cls-iters", type=int, default=30)
     p.add_argument("--cls-batch", type=int, default=16)
-    p.add_argument("--seg-iters", type=int, default=300)
-    p.add_argument("--seg-batch", type=int, default=16)
+    p.add_argument("--seg-iters", type=int, default=100)
+    p.add_argument("--seg-batch", type=int, default=8)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seg = out / f"seg-{n}"
         if not (seg / "model.pt").is_file():
             ddn(["train-seg", "--data", str(preps[n]), "--cls", str(cls), "--out", str(seg),
-                 "--width", str(args.seg_width), "--batch", str(args.seg_batch), "--accum", "1",
+                 "--batch", str(args.seg_batch), "--accum", "1",
                  "--iters", str(args.seg_iters), "--bn-batches", "20", *common,
                  *_resume(seg)], log)  # fmt: skip
         metrics = json.loads(ddn(["eval", "--data", str(preps[n]), "--cls", str(cls),

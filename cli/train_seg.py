@@ -46,7 +46,8 @@ from pipeline.errors import UserError
     "--width",
     type=float,
     default=None,
-    help="Bridge/segmenter channel fraction [default: the classifier's; --baseline: 1].",
+    help="--baseline: encoder/decoder channel fraction [default: 1]. DecoupledNet: must equal "
+    "the classifier's (the segmenter unpools with its switches) [default: it].",
 )
 @click.option("--batch", default=16, help="Crops per micro-batch per process.")
 @click.option(

@@ -107,6 +107,13 @@ def test_classifier_from_another_dataset_refused(prep, tmp_path):
         train_seg(seg_config(prep, other, tmp_path / "run", iters=1))
 
 
+def test_segmenter_width_other_than_the_classifiers_refused(prep, cls_run, tmp_path):
+    # The decoder unpools with the classifier's per-channel switches: widths must match.
+    with pytest.raises(UserError, match="must be the classifier's"):
+        train_seg(seg_config(prep, cls_run, tmp_path / "run", iters=1, width=0.25))
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
 def test_finished_run_loads_for_evaluation(prep, cls_run, tmp_path):
     out = tmp_path / "run"
     result = train_seg(seg_config(prep, cls_run, out, iters=1, bn_batches=1))

@@ -368,5 +368,12 @@ def _check(cfg: SegConfig, input_size: int, classifier: Classifier) -> None:
         )
     if cfg.bn_batches < 0:
         raise UserError(f"--bn-batches: must be at least 0, got {cfg.bn_batches}")
+    if cfg.width is not None and not math.isclose(cfg.width, classifier.width):
+        # The segmenter unpools with the classifier's pool switches, one per channel, so
+        # every decoder stage must have the encoder stage's channel count.
+        raise UserError(
+            f"--width {cfg.width}: the segmenter unpools with the classifier's switches, so "
+            f"its width must be the classifier's ({classifier.width}); leave --width out"
+        )
     if not math.isfinite(cfg.lr) or cfg.lr <= 0:
         raise UserError(f"--lr: must be a positive number, got {cfg.lr}")
