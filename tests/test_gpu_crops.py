@@ -21,11 +21,12 @@ def prep(tmp_path_factory):
     return make_prepared(tmp_path_factory.mktemp("gpu"), strong=(3, 4), boxes_per_subset=12)
 
 
-def both_paths(root, warp, crop):
+def both_paths(root, warp, crop, device="cpu"):
+    """Keys, DeviceCrops' batch of them (moved to the CPU) and CropDataset's items."""
     cpu = CropDataset(root, warp_size=warp, crop_size=crop, seed=5)
-    device = DeviceCrops(CropDataset(root, warp_size=warp, crop_size=crop, seed=5), "cpu")
+    crops = DeviceCrops(CropDataset(root, warp_size=warp, crop_size=crop, seed=5), device)
     keys = [(i, epoch) for epoch in (0, 3) for i in range(len(cpu))]
-    batch = device.batch(keys)
+    batch = {k: v.cpu() for k, v in crops.batch(keys).items()}
     items = []
     for i, epoch in keys:
         cpu.set_epoch(epoch)
@@ -33,9 +34,8 @@ def both_paths(root, warp, crop):
     return keys, batch, items
 
 
-@pytest.mark.parametrize(("warp", "crop"), WINDOWS)
-def test_same_targets_and_images_within_rounding(prep, warp, crop):
-    keys, batch, items = both_paths(prep.root, warp, crop)
+def assert_same_crops(keys, batch, items) -> None:
+    crop = items[0]["target"].shape[-1]
     assert len(keys) > 300 and batch["image"].shape == (len(keys), 3, crop, crop)
     diffs = []
     for b, item in enumerate(items):
@@ -48,6 +48,10 @@ def test_same_targets_and_images_within_rounding(prep, warp, crop):
     assert diff.max() <= 1.0 and diff.mean() <= 0.25, (diff.max(), diff.mean())
     assert (torch.stack([b["target"] for b in items]) == 255).any()  # boxes past the image
 
+
+@pytest.mark.parametrize(("warp", "crop"), WINDOWS)
+def test_same_targets_and_images_within_rounding(prep, warp, crop):
+    assert_same_crops(*both_paths(prep.root, warp, crop))
 
 def test_without_the_zero_border_roi_align_smears_the_edge(prep, monkeypatch):
     """roi_align clamps samples within 1 px outside the image to the edge pixel; cv2

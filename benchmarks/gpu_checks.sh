@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA machine, in one go (sized to fit a short GPU loan):
+#   1. tests/test_cuda.py + tests/test_gpu_crops.py  (the CUDA paths against the CPU paths)
+#   2. benchmarks/bench_train_seg.py                 (train-seg examples/s, full VGG-16 at 320)
+#   3. ddn demo --device cuda                        (the main job end to end on the GPU)
+# Usage: bash benchmarks/gpu_checks.sh [LOG_DIR]   (run from the repository root)
+# Each step has its own time limit so one hang does not cost the others; logs go to LOG_DIR.
+# Where the ddn package is not installed, the repository root is put on PYTHONPATH.
+set -u
+LOG=${1:-gpu_logs}
+mkdir -p "$LOG"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$LOG/$name.log"
+    echo "=== $name: exit $rc in $((SECONDS - t0)) s"
+}
+
+nvidia-smi -L
+$PY -c 'import torch, cv2; print("torch", torch.__version__, "cv2", cv2.__version__,
+        "ximgproc", hasattr(cv2, "ximgproc"), torch.cuda.get_device_name())'
+step tests "${TESTS_LIMIT:-100}" $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_gpu_crops.py
+step bench "${BENCH_LIMIT:-170}" $PY benchmarks/bench_train_seg.py --batch 64 --steps 10
+step demo "${DEMO_LIMIT:-130}" $PY -m cli.main demo --device cuda --out /tmp/ddn_demo_gpu
