@@ -53,6 +53,7 @@ def assert_same_crops(keys, batch, items) -> None:
 def test_same_targets_and_images_within_rounding(prep, warp, crop):
     assert_same_crops(*both_paths(prep.root, warp, crop))
 
+
 def test_without_the_zero_border_roi_align_smears_the_edge(prep, monkeypatch):
     """roi_align clamps samples within 1 px outside the image to the edge pixel; cv2
     blends them with 0. The stored zero border is what makes the two paths agree
