@@ -80,14 +80,27 @@ def test_default_cuda_path_trains_and_the_run_evaluates_on_cpu(prep, cls_run, tm
     assert all(p.device.type == "cpu" for p in models.segmenter.parameters())
 
 
-def test_inference_on_cuda_matches_the_cpu():
+@pytest.fixture
+def no_tf32():
+    """Full float32 matrix products on CUDA (train-seg turns TF32 on for the process)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_inference_on_cuda_matches_the_cpu(no_tf32):
+    """The random test models are ill-conditioned (measured on CPU: 1e-4 relative weight
+    noise changes the arg-max of 5% of pixels, 1e-6 of < 0.1%), so the check runs in full
+    float32 (a first GPU run with TF32 on agreed on only 95% of one image's pixels)."""
     cls, seg = tiny_models([6.0, -6.0, 6.0])
     ims = images((40, 60), (50, 50), (70, 30), (64, 64))
-    on_cpu = segment(cls, seg, ims)
-    on_gpu = segment(cls.to(DEVICE), seg.to(DEVICE), ims)
+    on_cpu = segment(cls, seg, ims, keep_maps=True)
+    on_gpu = segment(cls.to(DEVICE), seg.to(DEVICE), ims, keep_maps=True)
     for a, b in zip(on_cpu, on_gpu, strict=True):
         assert a.labels == b.labels
-        np.testing.assert_allclose(a.probs, b.probs, atol=1e-3)
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+        np.testing.assert_allclose(a.foreground, b.foreground, atol=1e-3)
         assert (a.pred == b.pred).mean() >= 0.99  # arg-max ties may flip on rounding
 
 

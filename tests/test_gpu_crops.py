@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,6 +20,10 @@ WINDOWS = [(70, 64), (80, 48)]  # (warp, crop): the trainer's round(64 * 350 / 3
 def prep(tmp_path_factory):
     # 40-80 px images with many random boxes, most of them reaching past the image.
     return make_prepared(tmp_path_factory.mktemp("gpu"), strong=(3, 4), boxes_per_subset=12)
+
+
+def cv2_major() -> int:
+    return int(cv2.__version__.split(".")[0])
 
 
 def both_paths(root, warp, crop, device="cpu"):
@@ -43,9 +48,12 @@ def assert_same_crops(keys, batch, items) -> None:
         assert torch.equal(batch["subset"][b], item["subset"])
         diffs.append((batch["image"][b] - item["image"].float()).abs())
     diff = torch.stack(diffs)
-    # cv2: 1/32 px coordinates, 15-bit weights, rounded to uint8; roi_align: float.
-    # Measured: max 0.504, mean 0.185 (i.e. the uint8 rounding and nothing more).
-    assert diff.max() <= 1.0 and diff.mean() <= 0.25, (diff.max(), diff.mean())
+    # roi_align samples in float; cv2 rounds to uint8, and OpenCV 4.x also snaps sampling
+    # points to 1/32 px (up to 255/64 per axis on these sharp synthetic edges). Measured:
+    # OpenCV 5.0 max 0.504, mean 0.185 (the uint8 rounding and nothing more); OpenCV 4.11
+    # max 5.3 / 6.4, mean 0.25 / 0.27 for the two windows.
+    max_diff, mean_diff = (1.0, 0.25) if cv2_major() >= 5 else (255 / 32, 0.3)
+    assert diff.max() <= max_diff and diff.mean() <= mean_diff, (diff.max(), diff.mean())
     assert (torch.stack([b["target"] for b in items]) == 255).any()  # boxes past the image
 
 
