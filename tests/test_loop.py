@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ddn import __version__
-from ddn.train import loop
+from ddn.train import checkpoint, loop
 from ddn.train.distributed import DistInfo
 from ddn.train.run import checkpoints, load_checkpoint
 
@@ -22,8 +22,8 @@ def _toy(run: Path, iters: int, every: int = 0):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     progress = loop.Progress(iters, 0, None, DistInfo(), 1, "toy")
-    state = loop.checkpoint_state(model, optimizer, scheduler, {"toy": 1}, 4, 8)
-    ckpt = loop.Checkpointer(run, every, DistInfo(), None, state)
+    state = checkpoint.checkpoint_state(model, optimizer, scheduler, {"toy": 1}, 4, 8)
+    ckpt = checkpoint.Checkpointer(run, every, DistInfo(), None, state)
     return model, optimizer, scheduler, progress, ckpt
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from ddn.metrics import mean_average_precision
 from ddn.models import Classifier, normalize
-from ddn.train import loop
+from ddn.train import checkpoint, loop
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
 from ddn.train.run import load_checkpoint, save_model
 from ddn.train.schedule import LRSchedule
@@ -119,7 +119,9 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     )
     step = 0
     if latest is not None:
-        step = loop.restore_state(load_checkpoint(latest, device), model, optimizer, scheduler)
+        step = checkpoint.restore_state(
+            load_checkpoint(latest, device), model, optimizer, scheduler
+        )
     train_model = loop.wrap_for_training(model, info, device, cfg.compile)
 
     sampler = StepBatchSampler(n, cfg.batch, 1, iters, step, cfg.seed, info)
@@ -127,8 +129,8 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     ap_columns = [f"ap_{c}" for c in classes]
     metrics = loop.open_metrics(run, info, step, latest, ["val_map", *ap_columns])
     progress = loop.Progress(iters, step, metrics, info, cfg.log_every, "train-cls")
-    state = loop.checkpoint_state(model, optimizer, scheduler, config, global_batch, n)
-    ckpt = loop.Checkpointer(run, cfg.ckpt_every, info, latest, state)
+    state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, global_batch, n)
+    ckpt = checkpoint.Checkpointer(run, cfg.ckpt_every, info, latest, state)
     result = ClsResult(model, run, classes)
 
     def micro_loss(batch: dict[str, Tensor]) -> Tensor:

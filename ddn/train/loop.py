@@ -1,9 +1,9 @@
-"""What the trainers share: process group, device, run directory, the step loop, checkpoints.
+"""What the trainers share: process group, device, run directory, the step loop.
 
 Each trainer (`ddn.train.cls`, `ddn.train.seg`, `ddn.train.deconvnet`) stays readable top
 to bottom (torchvision's references, nanoGPT): it builds its data, model and optimiser,
 says how one micro-batch's loss is computed, and hands that to `train_steps`. This module
-holds only what all of them would otherwise copy.
+holds only what all of them would otherwise copy; checkpoints are `ddn.train.checkpoint`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ddn import __version__
+from ddn.train.checkpoint import Checkpointer, restore_state
 from ddn.train.distributed import (
     DistInfo,
     EpochItems,
@@ -30,7 +31,6 @@ from ddn.train.distributed import (
     all_reduce_mean,
     barrier,
     cleanup_distributed,
-    epoch_of_step,
     init_distributed,
     no_sync,
 )
@@ -39,9 +39,6 @@ from ddn.train.run import (
     MetricsLog,
     latest_checkpoint,
     open_run,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
 )
 from pipeline.errors import UserError
 
@@ -106,17 +103,6 @@ def autocast(device: torch.device, enabled: bool = True) -> AbstractContextManag
 def memory_format(device: torch.device, enabled: bool = True) -> torch.memory_format:
     """channels_last on CUDA (the fast layout of cuDNN's convolutions), else contiguous."""
     return torch.channels_last if device.type == "cuda" and enabled else torch.contiguous_format
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP and torch.compile wrappers (what checkpoints hold)."""
-    while True:
-        if hasattr(model, "module"):  # DistributedDataParallel
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
 
 
 def make_loader(
@@ -188,63 +174,6 @@ def open_metrics(
         return None
     columns = ["step", "epoch", "loss", "lr", "examples_per_s", *extra]
     return MetricsLog(run / METRICS, columns, step if latest else None)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def checkpoint_state(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    config: dict[str, Any],
-    global_batch: int,
-    epoch_size: int,
-) -> Callable[[int], dict[str, Any]]:
-    """What a checkpoint at a step holds (made when it is written: the RNG state is now's)."""
-
-    def state(step: int) -> dict[str, Any]:
-        return {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
-            "step": step,
-            "epoch": epoch_of_step(step, global_batch, epoch_size),
-            "rng": rng_state(),
-            "config": config,
-        }
-
-    return state
-
-
-def restore_state(
-    ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> int:
-    """Load a checkpoint into the training objects; returns its step."""
-    unwrap(model).load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["lr_scheduler"])
-    set_rng_state(ckpt["rng"])
-    return int(ckpt["step"])
-
-
-class Checkpointer:
-    """Rank 0 writes ``checkpoint-<step>.pt`` every ``every`` steps and on request."""
-
-    def __init__(
-        self,
-        run: Path,
-        every: int,
-        info: DistInfo,
-        latest: Path | None,
-        state: Callable[[int], dict[str, Any]],
-    ) -> None:
-        self.run, self.every, self.info, self.latest, self.state = run, every, info, latest, state
-
-    def maybe_save(self, step: int, force: bool = False) -> None:
-        if not self.info.is_main or not (force or (self.every and step % self.every == 0)):
-            return
-        self.latest = save_checkpoint(self.run, self.state(step))
 
 
 # ---------------------------------------------------------------- progress

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
 from ddn.runs import load_classifier
-from ddn.train import loop
+from ddn.train import checkpoint, loop
 from ddn.train.distributed import DistInfo, StepBatchSampler, all_reduce_mean, barrier
 from ddn.train.gpu_crops import DeviceCrops
 from ddn.train.run import load_checkpoint, load_model, save_model
@@ -281,8 +281,8 @@ def train_on_strong_crops(
     batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
     metrics = loop.open_metrics(run, info, step, latest)
     progress = loop.Progress(plan.iters, step, metrics, info, cfg.log_every, config["trainer"])
-    state = loop.checkpoint_state(model, optimizer, scheduler, config, plan.global_batch, n)
-    ckpt = loop.Checkpointer(run, cfg.ckpt_every, info, latest, state)
+    state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, plan.global_batch, n)
+    ckpt = checkpoint.Checkpointer(run, cfg.ckpt_every, info, latest, state)
 
     def micro_loss(batch: dict[str, Tensor]) -> Tensor:
         logits, target = forward(train_model, batch)
