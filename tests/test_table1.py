@@ -34,3 +34,23 @@ def test_toy_table_has_every_cell_and_names_collapsed_models(tmp_path):
         assert f"WARNING: {method} labelled no pixel as an object at {', '.join(cells)}" in table
     assert table.count("WARNING") == len(summary["no_object_pixels"])
     assert table.startswith("| Method | 2 / class | full |")
+
+
+def test_summary_flags_exactly_the_cells_without_object_pixels():
+    """Cells whose eval found no object pixel (miou_objects 0) are listed and warned about;
+    the others are not, whatever their mIoU."""
+    args = table1.parse_args(["--per-class", "5", "--full", "--device", "cpu"])
+
+    def cell(miou: float, objects: float) -> dict:
+        return {"miou": miou, "miou_objects": objects, "cls_map": 0.5}
+
+    results = {
+        "DecoupledNet": {"5": cell(0.20, 0.08), "full": cell(0.21, 0.09)},
+        "DecoupledNet-Str": {"5": cell(0.15, 0.03), "full": cell(0.21, 0.09)},
+        "DeconvNet": {"5": cell(0.14, 0.01), "full": cell(0.13, 0.0)},
+    }
+    summary = table1.summarize(args, results, {}, 1.0)
+    assert summary["no_object_pixels"] == {"DeconvNet": ["full"]}
+    table = table1.markdown(summary)
+    assert "WARNING: DeconvNet labelled no pixel as an object at full:" in table
+    assert table.count("WARNING") == 1
