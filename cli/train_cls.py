@@ -30,6 +30,13 @@ from ddn.models import ARCHS
 @click.option(
     "--epochs", default=20.0, help="Passes over the weak set (when --iters is not given)."
 )
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "adamw"]),
+    default="sgd",
+    help="sgd (momentum) as the reference; adamw for small models from scratch. Not adamw "
+    "for pretrained VGG-16 without BN at --lr 1e-3: it diverges to a constant output.",
+)
 @click.option("--lr", default=1e-3, help="Backbone learning rate.")
 @click.option("--head-lr-mult", default=10.0, help="fc6/fc7/score learn this many times faster.")
 @click.option("--momentum", default=0.9)

@@ -82,6 +82,7 @@ def test_run_directory_config_metrics_checkpoints_and_model(prep, tmp_path):
     assert r.exit_code == 0, r.output
     config = json.loads((out / "config.json").read_text())
     assert config["iters"] == 5 and config["warmup"] == 0 and config["lr"] == 1e-3
+    assert config["optimizer"] == "sgd"  # the reference's
     assert config["classes"] == ["aeroplane", "bicycle", "bird"] and config["world_size"] == 1
     assert [s for s, _ in checkpoints(out)] == [4, 5]  # every 2 steps + the end, last 2 kept
     assert not list(out.glob(".*.tmp"))
@@ -99,6 +100,14 @@ def test_run_directory_config_metrics_checkpoints_and_model(prep, tmp_path):
     assert "mAP" in r.output and "aeroplane" in r.output  # the AP table
     again = run_cli(*tiny_args(prep, out, "--iters", "5"))
     assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_optimizer_option_reaches_the_run(prep, tmp_path):
+    r = run_cli(*tiny_args(prep, tmp_path / "a", "--iters", "1", "--optimizer", "adamw"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["optimizer"] == "adamw"
+    r = run_cli(*tiny_args(prep, tmp_path / "b", "--iters", "1", "--optimizer", "adam"))
+    assert r.exit_code == 2 and "'adam' is not one of 'sgd', 'adamw'" in r.output
 
 
 def test_bad_weights_and_device_are_one_line_errors(prep, tmp_path):
