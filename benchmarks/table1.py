@@ -15,7 +15,8 @@ Writes ``OUT/table1.md`` (the paper's layout: rows are methods, columns strong c
 and ``OUT/table1.json``; the last line printed is the JSON summary: mIoU per cell, the
 margins DecoupledNet - Str, DecoupledNet - DeconvNet and Str - DeconvNet per column,
 ``claim_holds`` (DecoupledNet above both at every non-full count) and the timings.
-Finished runs are reused when the script is re-run with the same ``--out``.
+Finished runs are reused when the script is re-run with the same ``--out``; ``--methods``
+runs some rows only (margins needing a missing row are left out; the claim is null).
 
 Defaults are CPU-sized: 5 classes, 1,500 synthetic images at 96 px, VGG-16-BN at 1/8
 width, 96 px inputs, 600 steps per network. On CUDA (``--device auto`` finds it) the
@@ -85,7 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2, help="Parallel prepare workers.")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="Comma-separated rows to run (e.g. after a fix to one).")  # fmt: skip
     args = p.parse_args(argv)
+    names = [m for m in args.methods.split(",") if m]
+    if not names or set(names) - set(METHODS):
+        p.error(f"--methods: expected some of {','.join(METHODS)}, got {args.methods!r}")
+    args.methods = [m for m in METHODS if m in names]
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if args.steps is not None:
         args.cls_iters = args.cls_iters or args.steps
@@ -130,16 +137,25 @@ def _resume(run: Path) -> bool:
 
 def _classifier(args: argparse.Namespace, prep: Path, run: Path) -> Path:
     if not _done(run):
-        # AdamW: tiny models from scratch learn far faster with it (tests/test_train_cls.py);
-        # full-size ImageNet-initialised ones use the reference's SGD with a 10x head.
-        opt = dict(optimizer="sgd", lr=1e-3) if args.weights == "imagenet" else dict(
-            optimizer="adamw", lr=1e-3, head_lr_mult=1.0)  # fmt: skip
         train_cls(ClsConfig(
             data=str(prep), out=str(run), arch=args.arch, width=args.width,
             input_size=args.input_size, batch=32, iters=args.cls_iters, weights=args.weights,
-            device=args.device, workers=args.workers, seed=args.seed, resume=_resume(run), **opt,
+            device=args.device, workers=args.workers, seed=args.seed, resume=_resume(run),
+            **classifier_optimizer(args.weights),
         ))  # fmt: skip
     return run
+
+
+def classifier_optimizer(weights: str) -> dict[str, Any]:
+    """AdamW for a classifier from scratch, the reference's SGD with a 10x head for a
+    pretrained one (``imagenet`` or a state dict).
+
+    Tiny models from scratch learn far faster with AdamW (tests/test_train_cls.py), but
+    AdamW at lr 1e-3 drove the ImageNet-initialised VGG-16 (no BN) to a constant output
+    within 60 steps on the GPU (benchmarks/RESULTS.md, Table 1 at full size)."""
+    if weights == "none":
+        return dict(optimizer="adamw", lr=1e-3, head_lr_mult=1.0)
+    return dict(optimizer="sgd", lr=1e-3)
 
 
 def _segmenter(args: argparse.Namespace, prep: Path, cls: Path, run: Path) -> Path:
@@ -184,41 +200,58 @@ def run_table(args: argparse.Namespace) -> dict[str, Any]:
         timed("synth", generate, data, args.images, args.classes, args.size, args.seed)
     data = data / "VOCdevkit" / "VOC2012"
     preps = {c: timed(f"prepare-{c}", _prepare, args, data, c, "all") for c in args.columns}
-    first = preps[args.columns[0]]
-    weak_cls = timed("cls-weak", _classifier, args, first, out / "cls-weak")
-    results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in METHODS}
+    methods = args.methods
+    # The weak classifier serves DecoupledNet, and -Str at full (its strong set is everything).
+    weak_cls = None
+    if "DecoupledNet" in methods or ("DecoupledNet-Str" in methods and "full" in args.columns):
+        weak_cls = timed("cls-weak", _classifier, args, preps[args.columns[0]], out / "cls-weak")
+    results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}
     for c in args.columns:
         prep = preps[c]
-        if c == "full":
-            str_cls = weak_cls
-        else:
+        runs: dict[str, tuple[Path, Path | None]] = {}
+
+        def segmenter(name: str, cls: Path, prep: Path = prep) -> tuple[Path, Path]:
+            return timed(name, _segmenter, args, prep, cls, out / name), cls
+
+        if "DecoupledNet" in methods:
+            runs["DecoupledNet"] = segmenter(f"seg-{c}", weak_cls)
+        if "DecoupledNet-Str" in methods and c == "full":
+            # The -Str classifier is the weak one at full: the same run, not a second copy.
+            runs["DecoupledNet-Str"] = runs.get("DecoupledNet") or segmenter(f"seg-{c}", weak_cls)
+        elif "DecoupledNet-Str" in methods:
             str_prep = timed(f"prepare-{c}-str", _prepare, args, data, c, "strong")
             str_cls = timed(f"cls-str-{c}", _classifier, args, str_prep, out / f"cls-str-{c}")
-        seg = timed(f"seg-{c}", _segmenter, args, prep, weak_cls, out / f"seg-{c}")
-        # At full the -Str classifier is the weak one: the same run, not a second copy.
-        seg_str = seg if str_cls == weak_cls else timed(
-            f"seg-str-{c}", _segmenter, args, prep, str_cls, out / f"seg-str-{c}")  # fmt: skip
-        runs = {
-            "DecoupledNet": (seg, weak_cls),
-            "DecoupledNet-Str": (seg_str, str_cls),
-            "DeconvNet": (timed(f"deconvnet-{c}", _deconvnet, args, prep,
-                                out / f"deconvnet-{c}"), None),
-        }  # fmt: skip
+            runs["DecoupledNet-Str"] = segmenter(f"seg-str-{c}", str_cls)
+        if "DeconvNet" in methods:
+            name = f"deconvnet-{c}"
+            runs["DeconvNet"] = (timed(name, _deconvnet, args, prep, out / name), None)
         for method, (seg, cls) in runs.items():
-            results[method][str(c)] = timed(f"eval-{method}-{c}", _miou, args, prep, seg, cls)
+            r = results[method][str(c)] = timed(f"eval-{method}-{c}", _miou, args, prep, seg, cls)
+            # One line per cell as it lands: a run cut short still shows what it measured.
+            print(
+                f"table1: {method} @ {c}: mIoU {100 * r['miou']:.1f} "
+                f"(objects {100 * r['miou_objects']:.1f})",
+                flush=True,
+            )
     return summarize(args, results, timings, time.perf_counter() - t0)
 
 
+MARGINS = {  # name: (minuend, subtrahend)
+    "decoupled_minus_str": ("DecoupledNet", "DecoupledNet-Str"),
+    "decoupled_minus_deconvnet": ("DecoupledNet", "DeconvNet"),
+    "str_minus_deconvnet": ("DecoupledNet-Str", "DeconvNet"),
+}
+
+
 def summarize(args, results, timings, seconds: float) -> dict[str, Any]:
+    """The JSON summary; with a subset of --methods, the margins and claims that need a
+    missing row are left out (claim_holds / str_above_deconvnet become null)."""
     miou = {m: {c: round(r["miou"], 4) for c, r in cols.items()} for m, cols in results.items()}
-    margins: dict[str, dict[str, float]] = {}
-    for c in map(str, args.columns):
-        d, s, n = (miou[m][c] for m in METHODS)
-        margins[c] = {
-            "decoupled_minus_str": round(d - s, 4),
-            "decoupled_minus_deconvnet": round(d - n, 4),
-            "str_minus_deconvnet": round(s - n, 4),
-        }
+    margins = {
+        c: {name: round(miou[a][c] - miou[b][c], 4)
+            for name, (a, b) in MARGINS.items() if a in miou and b in miou}
+        for c in map(str, args.columns)
+    }  # fmt: skip
     small = [c for c in map(str, args.columns) if c != "full"]
     # A cell whose model labels no pixel as an object scores background IoU / (C+1): a
     # margin over it says nothing about the method, so the summary names such cells.
@@ -228,13 +261,15 @@ def summarize(args, results, timings, seconds: float) -> dict[str, Any]:
         "miou": miou,
         "no_object_pixels": {m: cells for m, cells in no_objects.items() if cells},
         # The classifiers' val mAP: how much the weak labels add (-Str sees strong only).
-        "cls_map": {m: {c: r["cls_map"] for c, r in results[m].items()} for m in METHODS[:2]},
+        "cls_map": {m: {c: r["cls_map"] for c, r in results[m].items()}
+                    for m in METHODS[:2] if m in results},
         "margins": margins,
         "claim_holds": all(
             margins[c]["decoupled_minus_str"] > 0 and margins[c]["decoupled_minus_deconvnet"] > 0
             for c in small
-        ),
-        "str_above_deconvnet": {c: margins[c]["str_minus_deconvnet"] > 0 for c in small},
+        ) if len(results) == len(METHODS) else None,
+        "str_above_deconvnet": {c: margins[c]["str_minus_deconvnet"] > 0 for c in small}
+        if "str_minus_deconvnet" in next(iter(margins.values())) else None,
         "setting": {k: getattr(args, k) for k in ("classes", "images", "size", "arch", "width",
                     "input_size", "weights", "cls_iters", "seg_iters", "batch", "proposals",
                     "seed")} | {"device": "cuda" if args.cuda else "cpu"},  # fmt: skip
@@ -248,7 +283,7 @@ def markdown(summary: dict[str, Any]) -> str:
     head = ["| Method | " + " | ".join(f"{c}" + ("" if c == "full" else " / class") for c in cols)
             + " |", "|---" * (len(cols) + 1) + "|"]  # fmt: skip
     rows = [f"| {m} | " + " | ".join(f"{100 * summary['miou'][m][c]:.1f}" for c in cols) + " |"
-            for m in METHODS]  # fmt: skip
+            for m in summary["miou"]]  # fmt: skip
     s = summary["setting"]
     notes = [
         "",
@@ -256,8 +291,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f" {s['images']} images at {s['size']} px, {s['arch']} width {s['width']}, input "
         f"{s['input_size']}, {s['cls_iters']} classifier / {s['seg_iters']} segmenter steps, "
         f"{s['device']}, {summary['seconds'] / 60:.1f} min.",
-        f"DecoupledNet above -Str and DeconvNet at every small count: {summary['claim_holds']}; "
-        f"-Str above DeconvNet: {summary['str_above_deconvnet']}.",
+        *([f"DecoupledNet above -Str and DeconvNet at every small count: "
+           f"{summary['claim_holds']}; -Str above DeconvNet: {summary['str_above_deconvnet']}."]
+          if summary["claim_holds"] is not None else []),
         *(f"WARNING: {m} labelled no pixel as an object at {', '.join(cells)}: those cells "
           "are background IoU / (C+1), a collapsed model, not a baseline."
           for m, cells in summary["no_object_pixels"].items()),

@@ -54,3 +54,36 @@ def test_summary_flags_exactly_the_cells_without_object_pixels():
     table = table1.markdown(summary)
     assert "WARNING: DeconvNet labelled no pixel as an object at full:" in table
     assert table.count("WARNING") == 1
+
+
+def test_subset_of_methods_leaves_out_what_needs_a_missing_row():
+    """--methods reruns some rows: margins needing a missing row are absent, and the claim
+    (DecoupledNet above both baselines) is null rather than judged on two rows."""
+    args = table1.parse_args(["--per-class", "5", "--methods", "DecoupledNet-Str,DecoupledNet",
+                              "--device", "cpu"])  # fmt: skip
+    assert args.methods == ["DecoupledNet", "DecoupledNet-Str"]  # table order, not given order
+    cell = {"miou": 0.2, "miou_objects": 0.05, "cls_map": 0.5}
+    summary = table1.summarize(
+        args, {"DecoupledNet": {"5": cell}, "DecoupledNet-Str": {"5": {**cell, "miou": 0.15}}},
+        {}, 1.0,
+    )  # fmt: skip
+    assert summary["margins"] == {"5": {"decoupled_minus_str": 0.05}}
+    assert summary["claim_holds"] is None and summary["str_above_deconvnet"] is None
+    table = table1.markdown(summary)
+    assert "| DecoupledNet | 20.0 |" in table and "| DeconvNet |" not in table
+    assert "at every small count" not in table
+
+
+def test_unknown_method_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        table1.parse_args(["--methods", "DecoupledNet,FCN"])
+    assert e.value.code == 2
+    assert "--methods: expected some of DecoupledNet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("weights", "optimizer"), [("none", "adamw"), ("imagenet", "sgd"), ("/w/vgg16.pth", "sgd")]
+)
+def test_pretrained_classifiers_train_with_sgd(weights, optimizer):
+    # A weights path is pretrained too: AdamW sent such a VGG-16 to a constant output.
+    assert table1.classifier_optimizer(weights)["optimizer"] == optimizer
