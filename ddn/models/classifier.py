@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddn.models.vgg import ARCHS, VGGEncoder, load_vgg_weights, scaled
-from pipeline.errors import UserError
+from ddn.models.vgg import VGGNet, load_vgg_weights, scaled
 
 MAX_FC6_KERNEL = 7  # ImageNet's fc6 sees a 7x7 pool5
 
@@ -46,24 +45,13 @@ class ClassifierOutput:
         )
 
 
-class Classifier(nn.Module):
+class Classifier(VGGNet):
     """Multi-label classifier of DecoupledNet (paper section 3.1)."""
 
     def __init__(
         self, num_classes: int, arch: str = "vgg16", width: float = 1.0, input_size: int = 320
     ) -> None:
-        super().__init__()
-        if arch not in ARCHS:
-            raise UserError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
-        if num_classes < 1:
-            raise UserError(f"num_classes must be at least 1, got {num_classes}")
-        if input_size < 32:
-            raise UserError(f"input size must be at least 32 (five 2x2 pools), got {input_size}")
-        self.num_classes = num_classes
-        self.arch = arch
-        self.width = float(width)
-        self.input_size = input_size
-        self.encoder = VGGEncoder(width, batch_norm=arch == "vgg16_bn")
+        super().__init__(num_classes, arch, width, input_size)
         self.pool5_size = input_size // 32
         c5 = self.encoder.out_channels
         c6 = scaled(4096, width)
@@ -93,15 +81,6 @@ class Classifier(nn.Module):
     @property
     def fc6_kernel(self) -> int:
         return self.head.fc6.kernel_size[0]
-
-    def config(self) -> dict:
-        """The keys `build_classifier` reads back."""
-        return {
-            "num_classes": self.num_classes,
-            "arch": self.arch,
-            "width": self.width,
-            "input_size": self.input_size,
-        }
 
     def load_pretrained(self, weights: str) -> None:
         """`load_vgg_weights` for the encoder, plus fc6/fc7 from a full vgg16 state dict."""
@@ -156,12 +135,4 @@ class Classifier(nn.Module):
 
 def build_classifier(config: dict) -> Classifier:
     """A Classifier from a run's config.json (keys num_classes, arch, width, input_size)."""
-    missing = [k for k in ("num_classes", "arch", "width", "input_size") if k not in config]
-    if missing:
-        raise UserError(f"classifier config lacks {', '.join(missing)}")
-    return Classifier(
-        num_classes=int(config["num_classes"]),
-        arch=str(config["arch"]),
-        width=float(config["width"]),
-        input_size=int(config["input_size"]),
-    )
+    return Classifier.from_config(config, "classifier")

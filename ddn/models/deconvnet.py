@@ -10,47 +10,31 @@ once (Noh et al., ICCV 2015, without their two-stage training or ensembling).
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ddn.models.classifier import MAX_FC6_KERNEL
 from ddn.models.segmenter import Segmenter, fc_block, init_new_weights
-from ddn.models.vgg import ARCHS, VGGEncoder, load_vgg_weights, scaled
+from ddn.models.vgg import VGGNet, load_vgg_weights, scaled
 from pipeline.errors import UserError
 
 KIND = "deconvnet"
-CONFIG_KEYS = ("num_classes", "arch", "width", "input_size")
+CONFIG_KEYS = VGGNet.CONFIG_KEYS
 
 
-class DeconvNet(nn.Module):
+class DeconvNet(VGGNet):
     """(B, 3, S, S) normalised images -> (B, C+1, S, S) logits (0 = background)."""
 
     def __init__(
         self, num_classes: int, arch: str = "vgg16", width: float = 1.0, input_size: int = 320
     ) -> None:
-        super().__init__()
-        if arch not in ARCHS:
-            raise UserError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
-        if num_classes < 1:
-            raise UserError(f"num_classes must be at least 1, got {num_classes}")
-        if input_size < 32 or input_size % 32:
+        super().__init__(num_classes, arch, width, input_size)
+        if input_size % 32:
             raise UserError(f"input size must be a positive multiple of 32, got {input_size}")
-        self.num_classes, self.arch = num_classes, arch
-        self.width, self.input_size = float(width), input_size
-        self.encoder = VGGEncoder(width, batch_norm=arch == "vgg16_bn")
         c5 = self.encoder.out_channels
         k = min(MAX_FC6_KERNEL, input_size // 32)
         self.fc = fc_block(c5, c5, scaled(2048, width), k)
         init_new_weights(self.fc)
         self.segmenter = Segmenter(width, batch_norm=True, out_channels=num_classes + 1)
-
-    def config(self) -> dict:
-        """The keys `build_deconvnet` reads back."""
-        return {
-            "num_classes": self.num_classes,
-            "arch": self.arch,
-            "width": self.width,
-            "input_size": self.input_size,
-        }
 
     def load_pretrained(self, weights: str) -> None:
         """Encoder init as the classifier's: 'imagenet', 'none' or a VGG state dict."""
@@ -63,12 +47,4 @@ class DeconvNet(nn.Module):
 
 def build_deconvnet(config: dict) -> DeconvNet:
     """A DeconvNet from a run's config (keys num_classes, arch, width, input_size)."""
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    if missing:
-        raise UserError(f"deconvnet config lacks {', '.join(missing)}")
-    return DeconvNet(
-        num_classes=int(config["num_classes"]),
-        arch=str(config["arch"]),
-        width=float(config["width"]),
-        input_size=int(config["input_size"]),
-    )
+    return DeconvNet.from_config(config, "deconvnet")

@@ -80,6 +80,43 @@ class VGGEncoder(nn.Module):
         return x, switches, sizes
 
 
+class VGGNet(nn.Module):
+    """What the classifier and the DeconvNet baseline share: C classes, a square input
+    and a VGG-16 encoder chosen by (arch, width), checked once and saved as the config
+    that rebuilds the network (`from_config`)."""
+
+    CONFIG_KEYS = ("num_classes", "arch", "width", "input_size")
+
+    def __init__(self, num_classes: int, arch: str, width: float, input_size: int) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise UserError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+        if num_classes < 1:
+            raise UserError(f"num_classes must be at least 1, got {num_classes}")
+        if input_size < 32:
+            raise UserError(f"input size must be at least 32 (five 2x2 pools), got {input_size}")
+        self.num_classes, self.arch = num_classes, arch
+        self.width, self.input_size = float(width), input_size
+        self.encoder = VGGEncoder(width, batch_norm=arch == "vgg16_bn")
+
+    def config(self) -> dict:
+        """The keys `from_config` reads back."""
+        return {k: getattr(self, k) for k in self.CONFIG_KEYS}
+
+    @classmethod
+    def from_config(cls, config: dict, what: str):
+        """The network from a run's config.json; `what` names it in the error."""
+        missing = [k for k in cls.CONFIG_KEYS if k not in config]
+        if missing:
+            raise UserError(f"{what} config lacks {', '.join(missing)}")
+        return cls(
+            num_classes=int(config["num_classes"]),
+            arch=str(config["arch"]),
+            width=float(config["width"]),
+            input_size=int(config["input_size"]),
+        )
+
+
 # ---------------------------------------------------------------- pretrained weights
 
 
