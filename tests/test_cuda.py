@@ -25,7 +25,7 @@ from ddn.train.seg import train_seg
 from tests.test_gpu_crops import WINDOWS, assert_same_crops, both_paths
 from tests.test_inference import images, tiny_models
 from tests.test_readers import make_prepared as make_crop_set
-from tests.trainutil import ARCH, SIZE, WIDTH, make_cls_run, make_prepared, seg_config
+from tests.trainutil import ARCH, SIZE, WIDTH, cls_run_for, make_prepared, seg_config
 
 DEVICE = os.environ.get("DDN_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(
@@ -40,8 +40,7 @@ def prep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cls_run(prep, tmp_path_factory):
-    classes = json.loads((prep / "manifest.json").read_text())["classes"][1:]
-    return make_cls_run(tmp_path_factory.mktemp("cls") / "run", classes)
+    return cls_run_for(prep, tmp_path_factory)
 
 
 def losses(run) -> list[float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from click.testing import CliRunner
@@ -14,7 +12,7 @@ from ddn.train.cls import train_cls
 from ddn.train.run import checkpoints, load_checkpoint, load_model
 from ddn.train.seg import train_seg
 from pipeline.errors import UserError
-from tests.trainutil import cls_config, make_cls_run, make_prepared, seg_config, state_equal
+from tests.trainutil import cls_config, cls_run_for, make_prepared, seg_config, state_equal
 
 STEPS = 6
 
@@ -27,8 +25,7 @@ def prep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cls_run(prep, tmp_path_factory):
-    classes = json.loads((prep / "manifest.json").read_text())["classes"][1:]
-    return make_cls_run(tmp_path_factory.mktemp("cls") / "run", classes)
+    return cls_run_for(prep, tmp_path_factory)
 
 
 def stop_at(k: int):

@@ -16,6 +16,7 @@ from ddn.train.schedule import reference_iters, segmenter_schedule
 from ddn.train.seg import reestimate_bn, segmentation_loss, strong_per_class, train_seg
 from pipeline.errors import UserError
 from tests.trainutil import (
+    cls_run_for,
     learning_data,
     make_cls_run,
     make_prepared,
@@ -31,8 +32,7 @@ def prep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cls_run(prep, tmp_path_factory):
-    classes = json.loads((prep / "manifest.json").read_text())["classes"][1:]
-    return make_cls_run(tmp_path_factory.mktemp("cls") / "run", classes)
+    return cls_run_for(prep, tmp_path_factory)
 
 
 # ---------------------------------------------------------------- schedule

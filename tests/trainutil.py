@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -45,6 +46,12 @@ def make_cls_run(run: Path, classes: list[str], seed: int = 0, input_size: int =
         run, model.state_dict(), {**model.config(), "classes": classes, "trainer": "train-cls"}
     )
     return run
+
+
+def cls_run_for(prep: Path, tmp_path_factory) -> Path:
+    """An untrained classifier run for the object classes of a prepared directory."""
+    classes = json.loads((prep / "manifest.json").read_text())["classes"][1:]
+    return make_cls_run(tmp_path_factory.mktemp("cls") / "run", classes)
 
 
 def cls_config(data: Path, out: Path, **kw) -> ClsConfig:
