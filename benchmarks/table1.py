@@ -21,8 +21,10 @@ runs some rows only (margins needing a missing row are left out; the claim is nu
 Defaults are CPU-sized: 5 classes, 1,500 synthetic images at 96 px, VGG-16-BN at 1/8
 width, 96 px inputs, 600 steps per network. On CUDA (``--device auto`` finds it) the
 defaults become full-size: VGG-16 at width 1, 320 px images and inputs, ImageNet
-weights, the reference's segmenter iteration table, 4,000 classifier steps. Either can
-be overridden option by option.
+weights, 1,000 images, 500 classifier steps of 32 and 300 segmenter steps of 64 crops
+(~6.5 min on an H200, benchmarks/RESULTS.md); ``--reference-schedule`` trains as long
+as the reference instead (its segmenter iteration table, 4,000 classifier steps: ~55
+min). Either can be overridden option by option.
 
     python benchmarks/table1.py --out data/table1                      # CPU defaults
     python benchmarks/table1.py --out /tmp/t1 --images 600 --steps 200 # quick look
@@ -60,8 +62,10 @@ PAPER = {  # VOC 2012 val mIoU (%), the paper's Table 1, for the markdown footer
 }
 CPU_DEFAULTS = dict(images=1500, size=96, arch="vgg16_bn", width=0.125, input_size=96,
                     weights="none", cls_iters=600, seg_iters=600, batch=16)  # fmt: skip
-GPU_DEFAULTS = dict(images=3000, size=320, arch="vgg16", width=1.0, input_size=320,
-                    weights="imagenet", cls_iters=4000, seg_iters=None, batch=16)  # fmt: skip
+GPU_DEFAULTS = dict(images=1000, size=320, arch="vgg16", width=1.0, input_size=320,
+                    weights="imagenet", cls_iters=500, seg_iters=300, batch=64)  # fmt: skip
+# seg_iters None: the reference's iteration table for the strong count (ddn.train.schedule).
+REFERENCE_SCHEDULE = dict(cls_iters=4000, seg_iters=None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cls-iters", type=int, help="Classifier steps.")
     p.add_argument("--seg-iters", type=int, help="Segmenter and DeconvNet steps "
                    "[CPU: 600; CUDA: the reference table].")  # fmt: skip
+    p.add_argument("--reference-schedule", action="store_true",
+                   help="Train as long as the reference (4,000 classifier steps, the "
+                   "segmenter iteration table); for the full-size models.")  # fmt: skip
     p.add_argument("--batch", type=int, help="Crops per segmenter / DeconvNet step.")
     p.add_argument("--proposals", type=int, default=200, help="Boxes per label subset (N_p).")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -97,7 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps is not None:
         args.cls_iters = args.cls_iters or args.steps
         args.seg_iters = args.seg_iters or args.steps
-    for key, value in (GPU_DEFAULTS if cuda else CPU_DEFAULTS).items():
+    defaults = dict(GPU_DEFAULTS if cuda else CPU_DEFAULTS)
+    if args.reference_schedule:
+        defaults |= REFERENCE_SCHEDULE
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.cuda = cuda
@@ -289,7 +299,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         f"mIoU (%) over {s['classes'] + 1} classes (incl. background) on the synthetic val split;"
         f" {s['images']} images at {s['size']} px, {s['arch']} width {s['width']}, input "
-        f"{s['input_size']}, {s['cls_iters']} classifier / {s['seg_iters']} segmenter steps, "
+        f"{s['input_size']}, {s['cls_iters']} classifier / "
+        f"{s['seg_iters'] or 'the reference table of'} segmenter steps, "
         f"{s['device']}, {summary['seconds'] / 60:.1f} min.",
         *([f"DecoupledNet above -Str and DeconvNet at every small count: "
            f"{summary['claim_holds']}; -Str above DeconvNet: {summary['str_above_deconvnet']}."]

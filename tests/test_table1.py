@@ -87,3 +87,13 @@ def test_unknown_method_is_a_usage_error(capsys):
 def test_pretrained_classifiers_train_with_sgd(weights, optimizer):
     # A weights path is pretrained too: AdamW sent such a VGG-16 to a constant output.
     assert table1.classifier_optimizer(weights)["optimizer"] == optimizer
+
+
+def test_gpu_defaults_are_full_size_and_the_reference_schedule_is_opt_in():
+    gpu = table1.parse_args(["--device", "cuda"])
+    assert (gpu.arch, gpu.width, gpu.input_size, gpu.weights) == ("vgg16", 1.0, 320, "imagenet")
+    assert (gpu.cls_iters, gpu.seg_iters, gpu.batch) == (500, 300, 64)  # RESULTS.md's run
+    ref = table1.parse_args(["--device", "cuda", "--reference-schedule"])
+    assert (ref.cls_iters, ref.seg_iters) == (4000, None)  # None: the iteration table
+    assert table1.parse_args(["--device", "cuda", "--reference-schedule", "--seg-iters", "9"]
+                             ).seg_iters == 9  # fmt: skip
