@@ -5,12 +5,12 @@
 #   3. ddn demo --device cuda                        (the main job end to end on the GPU)
 # Usage: bash benchmarks/gpu_checks.sh [LOG_DIR]   (run from the repository root)
 # Each step has its own time limit so one hang does not cost the others; logs go to LOG_DIR.
-# Where the ddn package is not installed, the repository root is put on PYTHONPATH.
+# Where the ddn package is not installed, the repository root is put on PYTHONPATH;
+# CV_TARBALL supplies OpenCV's contrib modules where the machine lacks them (gpu_env.sh).
 set -u
 LOG=${1:-gpu_logs}
 mkdir -p "$LOG"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
+source "$(dirname "$0")/gpu_env.sh"  # PYTHONPATH, CV_TARBALL, the versions
 
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2
@@ -23,9 +23,6 @@ step() {  # step NAME SECONDS COMMAND...
     echo "=== $name: exit $rc in $((SECONDS - t0)) s"
 }
 
-nvidia-smi -L
-$PY -c 'import torch, cv2; print("torch", torch.__version__, "cv2", cv2.__version__,
-        "ximgproc", hasattr(cv2, "ximgproc"), torch.cuda.get_device_name())'
 step tests "${TESTS_LIMIT:-100}" $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_gpu_crops.py
 step bench "${BENCH_LIMIT:-170}" $PY benchmarks/bench_train_seg.py --batch 64 --steps 10
 step demo "${DEMO_LIMIT:-130}" $PY -m cli.main demo --device cuda --out /tmp/ddn_demo_gpu
