@@ -24,7 +24,11 @@ class _Group(click.Group):
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: re-run the same command to resume", err=True)
+            click.echo(
+                "interrupted: finished work is kept; re-run the command to go on "
+                "(train-cls / train-seg: with --resume)",
+                err=True,
+            )
             sys.exit(130)
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from click.testing import CliRunner
 
 from cli.main import cli
+from ddn.models import Classifier
 from ddn.train import seg as seg_module
 from ddn.train.cls import train_cls
+from ddn.train.interrupt import deferred_interrupt
 from ddn.train.run import checkpoints, load_checkpoint, load_model
 from ddn.train.seg import train_seg
 from pipeline.errors import UserError
@@ -59,6 +63,39 @@ def test_classifier_resume_is_bit_identical(prep, tmp_path):
     rows = (split / "metrics.csv").read_text().splitlines()
     train_steps = [int(r.split(",")[0]) for r in rows[1:] if r.split(",")[2]]
     assert train_steps == list(range(1, STEPS + 1))  # no row lost or doubled by the resume
+
+
+def test_ctrl_c_inside_a_forward_pass_still_resumes_bit_identical(prep, tmp_path, monkeypatch):
+    """Ctrl-C after batch norm has seen a batch of an unfinished step: the checkpoint must
+    hold the statistics of the last finished step, or the resumed run counts that batch
+    twice (num_batches_tracked one ahead, running stats off)."""
+    straight = tmp_path / "straight"
+    train_cls(cls_config(prep, straight, iters=STEPS))
+    real, calls = Classifier.forward, []
+
+    def forward_then_ctrl_c(self, x):
+        out = real(self, x)  # BN running stats have moved
+        calls.append(1)
+        if self.training and len(calls) == STEPS // 2 + 1:  # inside step k + 1
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(Classifier, "forward", forward_then_ctrl_c)
+    split = tmp_path / "split"
+    with pytest.raises(KeyboardInterrupt):
+        train_cls(cls_config(prep, split, iters=STEPS))
+    assert [s for s, _ in checkpoints(split)] == [STEPS // 2]
+    monkeypatch.setattr(Classifier, "forward", real)
+    train_cls(cls_config(prep, split, iters=STEPS, resume=True))
+    assert_same_run(straight, split)
+
+
+def test_ctrl_c_waits_for_the_optimizer_step_to_finish():
+    with pytest.raises(KeyboardInterrupt), deferred_interrupt():
+        signal.raise_signal(signal.SIGINT)
+        finished = True  # reached: the interrupt is held until the block ends
+    assert finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_segmenter_resume_is_bit_identical(prep, cls_run, tmp_path):

@@ -34,6 +34,7 @@ from ddn.train.distributed import (
     init_distributed,
     no_sync,
 )
+from ddn.train.interrupt import BufferSnapshot, deferred_interrupt
 from ddn.train.run import (
     METRICS,
     MetricsLog,
@@ -252,12 +253,16 @@ def train_steps(
     ``micro_loss`` (DDP syncs on the last only), a stop when the loss over all ranks is not
     finite, the optimizer and scheduler steps, then ``progress``, ``after_step`` (train-cls
     validates there), a checkpoint when one is due, and ``on_step`` (the tests' hook).
-    Ctrl-C checkpoints the last finished step before it propagates: --resume goes on
-    from there as if never stopped.
+    Ctrl-C checkpoints the last finished step before it propagates, wherever it lands
+    (`ddn.train.interrupt`): --resume goes on from there as if never stopped.
     """
     info = ckpt.info
+    buffers = BufferSnapshot(train_model)
+    mid_step = False
     try:
         while step < iters:
+            buffers.take()
+            mid_step = True
             optimizer.zero_grad(set_to_none=True)
             losses = []
             for micro in range(accum):
@@ -268,10 +273,12 @@ def train_steps(
             total = sum(losses, torch.zeros((), device=losses[0].device))
             loss_value = all_reduce_mean(total / accum, info).item()
             check_finite(loss_value, step + 1, ckpt.run, ckpt.latest)
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
+            with deferred_interrupt():  # never a half-applied update
+                optimizer.step()
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                step += 1
+                mid_step = False
             progress.step(step, step * global_batch / epoch_size, loss_value, lr, global_batch)
             if after_step is not None:
                 after_step(step)
@@ -279,6 +286,8 @@ def train_steps(
             if on_step is not None:
                 on_step(step)
     except KeyboardInterrupt:
+        if mid_step:  # BN saw batches of a step that --resume will redo
+            buffers.restore()
         ckpt.maybe_save(step, force=True)
         if info.is_main:
             progress.bar.write(f"interrupted at step {step}: saved {ckpt.latest}; add --resume")
