@@ -23,6 +23,11 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except click.UsageError as e:  # a mistyped option: one line too, not click's three
+            where = e.ctx.command_path if e.ctx else ctx.command_path
+            message = " ".join(e.format_message().split())  # choices come one per line
+            click.echo(f"error: {where}: {message} (see {where} --help)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo(
                 "interrupted: finished work is kept; re-run the command to go on "

@@ -160,6 +160,7 @@ def command(
         raise UserError(f"--enclose: must be in (0, 1], got {enclose}")
     if per_subset < 1 or max_subsets < 1 or shard_size < 1 or strong_shard_size < 1:
         raise UserError("--proposals, --max-subsets and shard sizes must be at least 1")
+    shards = ShardSettings(shard_size, strong_shard_size, jobs)  # checks --jobs
     ds = load_dataset(dataset, **options)
     proposals = ProposalConfig(
         method=method,
@@ -180,7 +181,7 @@ def command(
             seed,
         ),
         CropSettings(proposals, per_subset, enclose, max_subsets, materialize, seed),
-        ShardSettings(shard_size, strong_shard_size, jobs),
+        shards,
         skip_bad=skip_bad,
         overwrite=overwrite,
         dataset_config={

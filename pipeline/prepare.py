@@ -44,6 +44,11 @@ class ShardSettings:
     strong_shard_size: int = 8  # strong images are the slow ones: small tasks parallelise
     jobs: int = -1
 
+    def __post_init__(self) -> None:
+        # joblib's convention; 0 means nothing to it and would fail deep inside Parallel.
+        if self.jobs == 0:
+            raise UserError("--jobs: 0 workers; use -1 for all cores, or 1 or more")
+
 
 def _scan_one(rec: Record) -> tuple[str, tuple[int, ...] | None, dict | None]:
     try:

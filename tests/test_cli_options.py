@@ -55,3 +55,20 @@ def test_help_lists_shared_options_in_place() -> None:
 def test_config_fields_renames_compile_and_stringifies_paths() -> None:
     fields = config_fields({"compile_": True, "data": Path("d"), "cls": None, "seed": 3})
     assert fields == {"compile": True, "data": "d", "cls": None, "seed": 3}
+
+
+def test_option_mistakes_are_one_line_errors(tmp_path: Path) -> None:
+    """Click's own usage errors follow the toolkit's rule: one `error:` line, exit 2."""
+    cases = {
+        ("train-seg", "--data", "x", "--seg", "y"): "error: ddn train-seg: No such option '--seg'",
+        ("prepare", str(tmp_path / "p"), "--root", "x"): "Choose from: voc, coco, folder",
+        ("evl",): "error: ddn: No such command 'evl'. Did you mean 'eval'?",
+        ("prepare", str(tmp_path / "p"), "--dataset", "voc", "--root", str(tmp_path),
+         "--jobs", "0"): "error: --jobs: 0 workers",
+    }  # fmt: skip
+    for args, expected in cases.items():
+        r = CliRunner().invoke(cli, list(args), prog_name="ddn")
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and expected in lines[0], (args, r.output)
+        assert lines[0].startswith("error: ")
+    assert not (tmp_path / "p").exists()  # nothing written on a mistake
