@@ -175,5 +175,8 @@ def test_weights_start_from_a_finished_run_and_a_foreign_file_is_refused(prep, c
     assert all(torch.allclose(started[k], source[k]) for k in params)
     torch.save({"bridge.x": torch.zeros(1)}, tmp_path / "foreign.pt")
     cfg = seg_config(prep, cls_run, tmp_path / "c", iters=1, weights=str(tmp_path / "foreign.pt"))
-    with pytest.raises(UserError, match="does not fit this segmenter"):
+    with pytest.raises(UserError, match=r"does not fit this segmenter \(Missing key"):
+        train_seg(cfg)
+    cfg = seg_config(prep, cls_run, tmp_path / "d", iters=1, weights=str(cls_run))
+    with pytest.raises(UserError, match="a train-cls run; --weights takes a train-seg run"):
         train_seg(cfg)

@@ -8,6 +8,7 @@ return their indices: the segmenter unpools with the classifier's own switches.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -174,7 +175,12 @@ def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
         raise UserError(f"{path}: weights file not found ({hint})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle with objects, a truncated or non-torch file
+    except pickle.UnpicklingError as e:  # torch's long weights_only advice: not for our users
+        raise UserError(
+            f"{path}: not a weights-only PyTorch state dict (not a torch.save file, or it "
+            f"holds Python objects besides tensors; {hint})"
+        ) from e
+    except Exception as e:  # a truncated zip, an unreadable file
         raise UserError(f"{path}: not a weights-only PyTorch state dict ({_first_line(e)})") from e
     if not isinstance(state, Mapping) or not state:
         raise UserError(f"{path}: not a state dict (holds a {type(state).__name__}; {hint})")

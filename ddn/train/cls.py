@@ -109,7 +109,7 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
         try:
             model.load_pretrained(cfg.weights)  # other ranks get rank 0's weights from DDP
         except UserError as e:
-            if cfg.weights != "imagenet":
+            if cfg.weights != "imagenet" or "--weights none" in str(e):
                 raise
             raise UserError(f"{e} (or --weights none: random init)") from e
     model.to(device, memory_format=fmt)

@@ -348,10 +348,18 @@ def _load_weights(model: DecoupledSegmenter, weights: str) -> None:
     if not path.exists():
         raise UserError(f"{path}: not found (--weights: 'none' or a train-seg run / model.pt)")
     saved = load_model(path) if path.is_dir() else load_checkpoint(path)
+    config = saved.get("config") if isinstance(saved, dict) else None
+    trainer = config.get("trainer") if isinstance(config, dict) else None
+    if trainer is not None and trainer != "train-seg":
+        raise UserError(f"{weights}: a {trainer} run; --weights takes a train-seg run")
     try:
         model.load_state_dict(saved.get("model", saved))
     except (RuntimeError, AttributeError) as e:
-        raise UserError(f"{weights}: does not fit this segmenter ({str(e).splitlines()[0]})") from e
+        # Line 1 is "Error(s) in loading state_dict for ...:"; the next says which keys.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise UserError(f"{weights}: does not fit this segmenter ({detail})") from e
 
 
 def _check(cfg: SegConfig, input_size: int, classifier: Classifier) -> None:
