@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -221,6 +222,9 @@ def command(
     and the classifier's mAP. mIoU counts C+1 classes with background, as the paper."""
     if save_maps and save_pred is None:
         raise UserError("--save-maps needs --save-pred DIR (the maps are written there)")
+    given = click.get_current_context().get_parameter_source("overlays")
+    if save_pred is None and given is ParameterSource.COMMANDLINE:
+        raise UserError("--overlays needs --save-pred DIR (the overlays are written there)")
     models = load_for_inference(cls_run, seg_run, resolve_device(device))
     result = evaluate(
         data,

@@ -152,6 +152,8 @@ def test_eval_text_report(data):
 def test_eval_user_errors(data, tmp_path):
     r = run(*eval_args(data, "--save-maps"))
     assert r.exit_code == 2 and "--save-pred" in r.output
+    r = run(*eval_args(data, "--overlays", "2"))  # would be silently dropped otherwise
+    assert r.exit_code == 2 and "--overlays needs --save-pred" in r.output
     r = run("eval", "--data", data["prep"], "--cls", data["seg"], "--seg", data["seg"])
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == [

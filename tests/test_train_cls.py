@@ -102,6 +102,15 @@ def test_run_directory_config_metrics_checkpoints_and_model(prep, tmp_path):
     assert again.exit_code == 2 and "--resume" in again.output
 
 
+def test_metrics_log_the_last_step_with_plain_line_ends(prep, tmp_path):
+    r = run_cli(*tiny_args(prep, tmp_path / "a", "--iters", "5", "--log-every", "2"))
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "a" / "metrics.csv").read_bytes()
+    assert b"\r" not in text
+    rows = list(csv.DictReader(text.decode().splitlines()))
+    assert [int(r["step"]) for r in rows if r["loss"]] == [2, 4, 5]  # 5: the run's end
+
+
 def test_optimizer_option_reaches_the_run(prep, tmp_path):
     r = run_cli(*tiny_args(prep, tmp_path / "a", "--iters", "1", "--optimizer", "adamw"))
     assert r.exit_code == 0, r.output

@@ -207,7 +207,7 @@ class Progress:
         self._steps += 1
         self._examples += examples
         self.bar.update(1)
-        if step % self.log_every:
+        if step % self.log_every and step != self.bar.total:  # the last step is always logged
             return
         elapsed = time.perf_counter() - self._t0
         row = {

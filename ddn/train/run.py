@@ -142,14 +142,16 @@ class MetricsLog:
                     r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step
                 ]
         with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
 
     def write(self, row: Mapping[str, Any]) -> None:
         clean = {k: _cell(v) for k, v in row.items()}
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(clean)
+            csv.DictWriter(f, self.columns, extrasaction="ignore", lineterminator="\n").writerow(
+                clean
+            )
 
 
 def _cell(v: Any) -> Any:
