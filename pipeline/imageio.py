@@ -142,6 +142,12 @@ def check_label_map(
             f"mask size {labels.shape[1]}x{labels.shape[0]} differs from its image "
             f"{image_shape[1]}x{image_shape[0]}",
         )
+    check_label_values(labels, num_classes, path)
+
+
+def check_label_values(labels: np.ndarray, num_classes: int, path: str | Path) -> None:
+    """Refuse label values that are no class (0..C) and not 255 (e.g. VOC numbering with
+    a shorter classes.txt)."""
     values = np.unique(labels)
     bad = values[(values > num_classes) & (values != 255)]
     if bad.size:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ddn import __version__
 from pipeline.build import CropSettings, ShardTask, build_shard
 from pipeline.errors import BadInputError, UserError
-from pipeline.imageio import classes_in, load_label_map
+from pipeline.imageio import check_label_values, classes_in, load_label_map
 from pipeline.manifest import MANIFEST, config_hash, write_manifest
 from pipeline.records import DatasetSplits, Record
 from pipeline.shards import FORMAT_VERSION, sha256_file
@@ -50,15 +50,19 @@ class ShardSettings:
             raise UserError("--jobs: 0 workers; use -1 for all cores, or 1 or more")
 
 
-def _scan_one(rec: Record) -> tuple[str, tuple[int, ...] | None, dict | None]:
+def _scan_one(rec: Record, num_classes: int) -> tuple[str, tuple[int, ...] | None, dict | None]:
     try:
-        return rec.id, classes_in(load_label_map(rec.mask)), None
+        labels = load_label_map(rec.mask)
+        # Here, not only when shards are built: a value past the classes would otherwise
+        # count as a class nobody asked for and could leave no strong image at all.
+        check_label_values(labels, num_classes, rec.mask)
+        return rec.id, classes_in(labels), None
     except BadInputError as e:
         return rec.id, None, {"id": rec.id, "file": e.path, "reason": e.reason}
 
 
 def scan_mask_classes(
-    records: list[Record], out: Path, chash: str, jobs: int, skip_bad: bool
+    records: list[Record], num_classes: int, out: Path, chash: str, jobs: int, skip_bad: bool
 ) -> tuple[dict[str, tuple[int, ...]], list[dict]]:
     """Classes present in each training mask; cached per config in ``out/.scan.json``
     (only when every mask was readable)."""
@@ -73,7 +77,9 @@ def scan_mask_classes(
         r.id: tuple(sorted(r.labels)) for r in records if r.mask is not None and r.labels
     }
     with_mask = [r for r in records if r.mask is not None and not r.labels]
-    results = Parallel(n_jobs=jobs, return_as="generator")(delayed(_scan_one)(r) for r in with_mask)
+    results = Parallel(n_jobs=jobs, return_as="generator")(
+        delayed(_scan_one)(r, num_classes) for r in with_mask
+    )
     skipped: list[dict] = []
     with tqdm(results, total=len(with_mask), desc="scan masks", unit="img") as bar:
         for rid, cls, bad in bar:
@@ -184,7 +190,9 @@ def prepare(
     old = _check_output_dir(out, chash, overwrite)
 
     # Which training images have which classes decides the strong set.
-    mask_classes, skipped = scan_mask_classes(ds.train, out, chash, shards.jobs, skip_bad)
+    mask_classes, skipped = scan_mask_classes(
+        ds.train, len(ds.classes) - 1, out, chash, shards.jobs, skip_bad
+    )
     train_ids = [r.id for r in ds.train]
     by_id = {r.id: r for r in ds.train}
     if split.strong_list:

@@ -91,6 +91,19 @@ def test_bad_file_stops_with_its_name_or_is_skipped(synth_copy, tmp_path, how, m
     assert bad.stem not in (out / "splits" / "strong.txt").read_text()
 
 
+def test_masks_numbered_past_the_classes_are_named_not_an_empty_strong_set(synth_copy, tmp_path):
+    """Masks in another numbering (VOC's horse = 13 with a 1-class list) are the likely
+    mistake; every object pixel renumbered must give the mask-values error, not 'no
+    strong image'."""
+    masks = sorted((voc2012(synth_copy) / "SegmentationClass").glob("*.png"))
+    for png in masks:
+        mask = np.array(Image.open(png))
+        mask[(mask != 0) & (mask != 255)] = 13 + 10  # past every class of the synthetic set
+        Image.fromarray(mask).save(png)
+    r = invoke(synth_copy, tmp_path / "out")
+    assert_one_line_error(r, ".png", "outside the classes")
+
+
 def test_grayscale_and_cmyk_images_are_converted(synth_copy, tmp_path):
     ids = train_ids(synth_copy)
     jpgs = [voc2012(synth_copy) / "JPEGImages" / f"{i}.jpg" for i in ids[:2]]
