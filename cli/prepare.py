@@ -15,6 +15,9 @@ from pipeline.splits import parse_strong_per_class
 PathArg = click.Path(path_type=Path)
 
 
+SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists them all
+
+
 @click.command("prepare")
 @click.argument("out", type=PathArg)
 @click.option(
@@ -190,8 +193,11 @@ def command(
     )
     for w in manifest["warnings"]:
         click.echo(f"warning: {w}", err=True)
-    if manifest["skipped"]:
-        click.echo(f"skipped {len(manifest['skipped'])} bad images (see manifest.json)", err=True)
+    skipped = manifest["skipped"]
+    for bad in skipped[:SHOW_SKIPPED]:
+        click.echo(f"skipped: {bad['file']}: {bad['reason']}", err=True)
+    if len(skipped) > SHOW_SKIPPED:
+        click.echo(f"skipped: {len(skipped) - SHOW_SKIPPED} more (manifest.json)", err=True)
     sp = manifest["splits"]
     crops = sum(s["crops"] for s in manifest["shards"])
     click.echo(

@@ -268,6 +268,25 @@ def prepare(
             manifest["skipped"] += [{**b, "shard": entry["file"]} for b in bad]
             write_manifest(out, manifest)
             progress.update(entry["images"] + len(bad) + entry.get("dropped_empty", 0))
+    _drop_skipped_from_splits(out, manifest, {"weak": weak, "strong": strong, "val": val})
     manifest["complete"] = True
     write_manifest(out, manifest)
     return manifest
+
+
+def _drop_skipped_from_splits(out: Path, manifest: dict, splits: dict[str, list[Record]]) -> None:
+    """Images skipped while shards were built (--skip-bad) leave the split files and counts,
+    so that they say what the shards hold; a smaller strong set is a warning."""
+    bad = {s["id"]: s["file"] for s in manifest["skipped"] if "shard" in s}
+    if not bad:
+        return
+    kept = {name: [r.id for r in recs if r.id not in bad] for name, recs in splits.items()}
+    write_split_files(out, kept)
+    manifest["splits"].update({name: len(ids) for name, ids in kept.items()})
+    lost = [str(bad[r.id]) for r in splits["strong"] if r.id in bad]
+    if lost:
+        manifest["warnings"].append(
+            f"{len(lost)} strong image(s) skipped as bad ({', '.join(lost[:5])}): the strong "
+            f"set has {len(kept['strong'])}, not {len(splits['strong'])}; fix or remove them "
+            "and prepare again to choose others"
+        )

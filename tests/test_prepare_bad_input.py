@@ -89,6 +89,12 @@ def test_bad_file_stops_with_its_name_or_is_skipped(synth_copy, tmp_path, how, m
         s["file"].endswith(bad.name) for s in m["skipped"]
     )
     assert bad.stem not in (out / "splits" / "strong.txt").read_text()
+    # The split files and counts say what the shards hold, the skipped file is named.
+    for kind in ("weak", "strong", "val"):
+        held = sum(s["images"] for s in m["shards"] if s["kind"] == kind)
+        listed = (out / "splits" / f"{kind}.txt").read_text().split()
+        assert m["splits"][kind] == held == len(listed) and bad.stem not in listed, kind
+    assert f"skipped: {bad}" in r.output
 
 
 def test_masks_numbered_past_the_classes_are_named_not_an_empty_strong_set(synth_copy, tmp_path):
@@ -238,7 +244,10 @@ def test_coco_json_that_references_a_missing_file(tmp_path):
     # one entry per shard it was left out of (it was picked as strong and is weak too)
     assert {Path(s["file"]).name for s in m["skipped"]} == {"im3.jpg"}
     assert all("shard" in s for s in m["skipped"])
+    # The split counts follow the shards (6 listed, 1 skipped), and losing a strong image
+    # is a warning that names it.
     assert (
-        m["splits"]["weak"] == 6
+        m["splits"]["weak"] == 5
         and sum(s["images"] for s in m["shards"] if s["kind"] == "weak") == 5
     )
+    assert any("strong image(s) skipped as bad" in w and "im3.jpg" in w for w in m["warnings"])
