@@ -109,6 +109,9 @@ def test_metrics_log_the_last_step_with_plain_line_ends(prep, tmp_path):
     assert b"\r" not in text
     rows = list(csv.DictReader(text.decode().splitlines()))
     assert [int(r["step"]) for r in rows if r["loss"]] == [2, 4, 5]  # 5: the run's end
+    # No terminal here, so no tqdm bar: each logged step is a plain line instead.
+    assert [line.split()[2] for line in r.output.splitlines() if line.startswith("train-cls step")
+            ] == ["2/5", "4/5", "5/5"]  # fmt: skip
 
 
 def test_optimizer_option_reaches_the_run(prep, tmp_path):

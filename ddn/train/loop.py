@@ -193,6 +193,7 @@ class Progress:
         desc: str,
     ) -> None:
         self.info, self.metrics, self.log_every = info, metrics, max(1, log_every)
+        self.desc = desc
         self.bar = tqdm(
             total=total, initial=start, desc=desc, unit="step", disable=not info.is_main or None,
             file=sys.stderr, dynamic_ncols=True,
@@ -218,6 +219,15 @@ class Progress:
         self.bar.set_postfix(
             loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", ex_s=f"{row['examples_per_s']:.1f}"
         )
+        if self.bar.disable and self.info.is_main:
+            # No terminal (a batch job's log, a pipe): tqdm is off, so one plain line per
+            # logged step is the only sign of life.
+            print(
+                f"{self.desc} step {step}/{self.bar.total} epoch {epoch:.2f} "
+                f"loss {row['loss']:.4f} lr {lr:.2e} ex/s {row['examples_per_s']:.1f}",
+                file=sys.stderr,
+                flush=True,
+            )
         if self.metrics is not None and self.info.is_main:
             self.metrics.write(row)
         self._loss_sum, self._steps, self._examples = 0.0, 0, 0
