@@ -94,7 +94,15 @@ def scan_mask_classes(
     return classes, skipped
 
 
-def _check_output_dir(out: Path, chash: str, overwrite: bool) -> dict | None:
+def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [name for k in sorted(set(old) | set(new), key=str)
+                for name in _changed(old.get(k), new.get(k), f"{prefix}{k}.")]  # fmt: skip
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _check_output_dir(out: Path, chash: str, overwrite: bool, config: dict) -> dict | None:
     """The manifest to resume from, or None for a fresh start; refuses mixing configs."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
@@ -112,6 +120,12 @@ def _check_output_dir(out: Path, chash: str, overwrite: bool) -> dict | None:
                 if old.get("format_version") != FORMAT_VERSION
                 else "a different configuration"
             )
+            changed = [
+                "the image listing" if c == "listing_sha256" else c
+                for c in _changed(old.get("config"), config)
+            ]
+            if changed and old.get("format_version") == FORMAT_VERSION:
+                why += f" (changed: {', '.join(changed[:5])})"
             raise UserError(
                 f"{out}: already prepared with {why}; use another directory or --overwrite"
             )
@@ -187,7 +201,7 @@ def prepare(
             raise UserError(f"{split.strong_list}: strong list file not found")
         config["split"]["strong_list_sha256"] = sha256_file(Path(split.strong_list))
     chash = config_hash(config)
-    old = _check_output_dir(out, chash, overwrite)
+    old = _check_output_dir(out, chash, overwrite, config)
 
     # Which training images have which classes decides the strong set.
     mask_classes, skipped = scan_mask_classes(

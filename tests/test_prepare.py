@@ -120,6 +120,7 @@ def test_rerun_skips_finished_shards_and_changed_config_is_refused(synth_root, t
         cli, ["prepare", str(out), "--root", str(synth_root), *FAST, "--seed", "7"]
     )
     assert r.exit_code == 2 and "different configuration" in r.output
+    assert "(changed: crops.seed, split.seed)" in r.output  # what differs, as --resume does
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
     r = prep(synth_root, out, "--seed", "7", "--overwrite")
     assert r.exit_code == 0
