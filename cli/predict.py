@@ -148,6 +148,13 @@ def command(
     run (no --cls) lists the classes its mask contains, each with its highest pixel
     probability."""
     files, skipped = check_readable(collect_inputs(list(inputs)), skip_bad)
+    if not files:  # --skip-bad left nothing: not a success
+        raise UserError(
+            f"no readable image among {len(skipped)} ("
+            + "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:3])
+            + ("; ..." if len(skipped) > 3 else "")
+            + ")"
+        )
     models = load_for_inference(cls_run, seg_run, resolve_device(device))
     check_maps(models, save_maps)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,4 +172,4 @@ def command(
         click.echo(_summary(record))
     for s in skipped:
         click.echo(f"skipped {s['file']}: {s['reason']}", err=True)
-    click.echo(f"{len(records)} images -> {out} ({RESULTS})")
+    click.echo(f"{len(records)} image{'s' * (len(records) != 1)} -> {out} ({RESULTS})")

@@ -208,6 +208,15 @@ def test_predict_directory_with_a_corrupt_file(data, tmp_path):
         assert entry["probs"][data["classes"][2]] < 0.5
 
 
+def test_predict_skip_bad_with_nothing_readable_is_an_error(data, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg \xff\xd9")
+    r = run("predict", "--cls", data["cls"], "--seg", data["seg"], bad, "--out", tmp_path / "o",
+            "--skip-bad")  # fmt: skip
+    assert r.exit_code == 2 and "no readable image among 1 (" in r.output
+    assert "broken.jpg" in r.output and not (tmp_path / "o").exists()
+
+
 def test_run_loading_checks(data, tmp_path, capsys):
     models = load_models(data["cls"], data["seg"])
     assert models.classes == data["classes"] and not models.segmenter.training
