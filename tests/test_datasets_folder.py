@@ -86,6 +86,15 @@ def test_splits(tmp_path: Path):
     assert [r.id for r in ds.train] == ["a", "c", "d"]
 
 
+def test_val_image_without_a_mask_says_val_needs_masks(tmp_path: Path):
+    root = make_folder(tmp_path / "ds")
+    (root / "splits").mkdir()
+    (root / "splits" / "val.txt").write_text("b\nc\n")  # c has labels.csv labels only
+    with pytest.raises(UserError, match=r"images/c\.jpeg: a val image needs a mask") as e:
+        load_folder(root)
+    assert "1 val image(s) have none" in str(e.value)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -180,6 +180,13 @@ def load_folder(root: str | Path) -> DatasetSplits:
 
     train = [record(i) for i in train_ids]
     val = [record(i) for i in val_ids]
+    # Evaluation scores pixels: a val image with labels only cannot be scored.
+    unmasked = [r for r in val if r.mask is None]
+    if unmasked:
+        raise UserError(
+            f"{unmasked[0].image}: a val image needs a mask (masks/{unmasked[0].id}.png); "
+            f"{len(unmasked)} val image(s) have none: give them masks or move them to train"
+        )
     return DatasetSplits(
         name="folder",
         classes=classes,
