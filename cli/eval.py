@@ -102,7 +102,7 @@ def evaluate(
     return {
         "split": split,
         "images": n,
-        "threshold": threshold,
+        "threshold": None if baseline else threshold,  # a DeconvNet picks no labels
         "miou": cm.miou(),
         "miou_objects": cm.miou_objects(),
         "pixel_acc": cm.pixel_accuracy(),
@@ -148,7 +148,8 @@ def format_report(result: dict[str, Any]) -> str:
     c = len(per_class)
     lines += [
         "",
-        f"{result['images']} {result['split']} images, threshold {result['threshold']}",
+        f"{result['images']} {result['split']} images"
+        + ("" if result["threshold"] is None else f", threshold {result['threshold']}"),
         f"{f'mIoU ({c} classes, incl. background)':<40}{_pct(result['miou'])}",
         f"{f'mIoU ({c - 1} object classes)':<40}{_pct(result['miou_objects'])}",
         f"{'pixel accuracy':<40}{_pct(result['pixel_acc'])}",
