@@ -275,7 +275,8 @@ def prepare(
     )
     # The context manager ends the bar's line even when a task fails, so the error
     # message that follows starts on a line of its own.
-    with tqdm(total=sum(len(t.records) for t in todo), desc="prepare", unit="img") as progress:
+    total = sum(len(t.records) for t in todo)
+    with tqdm(total=total, desc="prepare", unit="img", disable=not todo or None) as progress:
         for entry, bad in results:
             manifest["shards"].append(entry)
             manifest["shards"].sort(key=lambda e: (e["kind"], e["index"]))
