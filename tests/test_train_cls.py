@@ -100,6 +100,11 @@ def test_run_directory_config_metrics_checkpoints_and_model(prep, tmp_path):
     assert "mAP" in r.output and "aeroplane" in r.output  # the AP table
     again = run_cli(*tiny_args(prep, out, "--iters", "5"))
     assert again.exit_code == 2 and "--resume" in again.output
+    before = (out / "metrics.csv").read_text()
+    again = run_cli(*tiny_args(prep, out, "--iters", "5", "--ckpt-every", "2", "--log-every",
+                               "1", "--resume"))  # fmt: skip
+    assert again.exit_code == 0 and "mAP" in again.output, again.output
+    assert (out / "metrics.csv").read_text() == before  # a finished run: no row doubled
 
 
 def test_metrics_log_the_last_step_with_plain_line_ends(prep, tmp_path):

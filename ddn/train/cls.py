@@ -146,8 +146,11 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
             result.val_map, result.val_ap = evaluate(
                 model, val_set, cfg.batch, device, cfg.workers, cfg.amp, fmt
             )
-            row = {"step": step, "epoch": step * global_batch / n, "val_map": result.val_map}
-            metrics.write(row | dict(zip(ap_columns, result.val_ap.tolist(), strict=True)))
+            # --resume of a finished run validates again for its result, but the row of
+            # that step is already in metrics.csv.
+            if not metrics.has(step, "val_map"):
+                row = {"step": step, "epoch": step * global_batch / n, "val_map": result.val_map}
+                metrics.write(row | dict(zip(ap_columns, result.val_ap.tolist(), strict=True)))
         barrier(info)
 
     def end_of_epoch(step: int) -> None:

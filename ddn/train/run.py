@@ -146,6 +146,11 @@ class MetricsLog:
             writer.writeheader()
             writer.writerows(rows)
 
+    def has(self, step: int, column: str) -> bool:
+        """Whether a row of ``step`` has a value in ``column`` (e.g. a validation)."""
+        with self.path.open(newline="") as f:
+            return any(r.get("step") == str(step) and r.get(column) for r in csv.DictReader(f))
+
     def write(self, row: Mapping[str, Any]) -> None:
         clean = {k: _cell(v) for k, v in row.items()}
         with self.path.open("a", newline="") as f:
