@@ -165,7 +165,8 @@ def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:
     except Exception as e:  # no network, proxy, corrupt cache: all the user's to fix
         raise UserError(
             f"could not get torchvision's {arch} ImageNet weights ({_first_line(e)}); "
-            "download them where the internet is reachable and pass --weights PATH"
+            "download them where the internet is reachable and pass --weights PATH, or "
+            "--weights none (random init)"
         ) from e
 
 

@@ -106,12 +106,7 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     torch.manual_seed(cfg.seed)
     model = Classifier(len(classes), cfg.arch, cfg.width, cfg.input_size)
     if latest is None and info.is_main:
-        try:
-            model.load_pretrained(cfg.weights)  # other ranks get rank 0's weights from DDP
-        except UserError as e:
-            if cfg.weights != "imagenet" or "--weights none" in str(e):
-                raise
-            raise UserError(f"{e} (or --weights none: random init)") from e
+        model.load_pretrained(cfg.weights)  # other ranks get rank 0's weights from DDP
     model.to(device, memory_format=fmt)
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
