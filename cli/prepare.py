@@ -92,6 +92,19 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
     help="A box encloses subset P when it holds at least this share of P's pixels.",
 )
 @click.option(
+    "--random-boxes",
+    type=click.Choice(["scales", "margin"]),
+    default="scales",
+    help="Random boxes around a subset: sides log-uniform from its tight box to the padded "
+    "image square (scales), or the tight box grown by up to half its size per side (margin).",
+)
+@click.option(
+    "--whole-image/--no-whole-image",
+    default=True,
+    help="Also train on each subset's whole image, padded to a square as at inference "
+    "(the paper's N_s term).",
+)
+@click.option(
     "--max-subsets",
     default=64,
     help="Cap on label subsets per image (all singletons, the full set, then random).",
@@ -133,6 +146,8 @@ def command(
     edgebox_beta: float,
     edgebox_min_score: float,
     enclose: float,
+    random_boxes: str,
+    whole_image: bool,
     max_subsets: int,
     materialize: int | None,
     shard_size: int,
@@ -183,7 +198,16 @@ def command(
             allow_short,
             seed,
         ),
-        CropSettings(proposals, per_subset, enclose, max_subsets, materialize, seed),
+        CropSettings(
+            proposals,
+            per_subset,
+            enclose,
+            max_subsets,
+            materialize,
+            seed,
+            random_boxes,
+            whole_image,
+        ),
         shards,
         skip_bad=skip_bad,
         overwrite=overwrite,

@@ -51,6 +51,12 @@ from ddn.models import ARCHS
     help="After warm-up: cosine to 0, or x0.1 at 2/3 of the run.",
 )
 @click.option(
+    "--pad-square/--no-pad-square",
+    default=True,
+    help="Random crops of the image zero-padded to a square, the view the classifier gets "
+    "at inference (off: crops of the image itself).",
+)
+@click.option(
     "--weights",
     default="imagenet",
     help="Encoder init: imagenet (torchvision download), a .pth state dict, or none.",

@@ -73,6 +73,13 @@ from pipeline.errors import UserError
 @click.option("--momentum", default=0.9)
 @click.option("--weight-decay", default=5e-4)
 @click.option(
+    "--fg-weight",
+    default="auto",
+    help="Loss weight of foreground pixels (--baseline: of every object class): 'auto' "
+    "sets it from the training crops' foreground share f as sqrt((1-f)/f), in [1, 10]; "
+    "1 is the reference's plain cross-entropy.",
+)
+@click.option(
     "--bn-batches", default=100, help="Batches for the final BN statistics re-estimation (0: skip)."
 )
 @click.option(

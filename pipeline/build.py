@@ -37,9 +37,11 @@ class CropSettings:
     proposals: ProposalConfig
     per_subset: int = 200  # N_p
     enclose: float = 0.95
-    max_subsets: int | None = 32
+    max_subsets: int | None = 64
     materialize: int | None = None
     seed: int = 0
+    random_boxes: str = "scales"  # pipeline.combinatorial.RANDOM_BOXES
+    whole_image: bool = True  # the paper's N_s: the padded image as one more example
 
 
 @dataclass
@@ -140,6 +142,8 @@ def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
                 task.crops.enclose,
                 task.crops.max_subsets,
                 rng,
+                task.crops.random_boxes,
+                task.crops.whole_image,
             )
             table.image[:] = row
             tables.append(table)

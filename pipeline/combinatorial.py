@@ -3,7 +3,25 @@
 For a strong image with label set L*, every non-empty subset P of L* is a separate
 figure/ground problem (pixels of classes in P are foreground). For each P we keep
 ``n`` (the paper's N_p = 200) boxes that *enclose* P's foreground: region proposals
-first, best-scored first, then random boxes around the foreground.
+first, best-scored first, then random boxes around the foreground (`RANDOM_BOXES`).
+With ``whole_image`` each P also gets the padded image square (0, 0, S, S), S = max(H, W):
+exactly what the segmenter sees at inference, and the paper's N_s term (N_t = N_s +
+N_p sum(2^|L*| - 1)); one per subset rather than one per image, so that every
+figure/ground problem is also posed at the scale inference poses it.
+
+Random boxes (``random_boxes``):
+
+- ``"scales"`` (default): the box's sides grow log-uniformly from the tight box of P's
+  foreground (w_b x h_b) to the padded image square: side = w_b (S / w_b)^t (likewise
+  h), one t ~ U[0, 1] per box, and the box is placed uniformly among the positions that
+  contain the tight box, so it may reach past the image (0 pixels, 255 labels), as the
+  reference's boxes may. Half of the boxes are then within sqrt(S / w_b) of the tight
+  box's scale and half beyond, so a small object is seen both close up and at the scale
+  it has at inference. Photographs give few proposals that enclose an object (1-6 of 200
+  on the horses), so this distribution decides what the segmenter learns.
+- ``"margin"`` (ddn 0.1's only rule): each side of the tight box moves out by
+  U[0, 0.5 x its side], i.e. boxes of 1-2x the object: small objects never appear at
+  their inference scale.
 
 "Enclose" here: a box encloses P when at least ``enclose`` (default 0.95) of P's
 foreground pixels lie inside it. A pixel (r, c) is inside box (x0, y0, x1, y1) when its
@@ -21,9 +39,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.shards import ORIGIN_PROPOSAL, ORIGIN_RANDOM, CropTable
+from pipeline.shards import ORIGIN_PROPOSAL, ORIGIN_RANDOM, ORIGIN_WHOLE, CropTable
 
 MAX_LABELS = 63  # bitmasks are stored as uint64
+RANDOM_BOXES = ("scales", "margin")
+MAX_MARGIN = 0.5  # "margin": each side grows by up to this share of the tight box's side
 # Up to this many labels the non-singleton, non-full subsets are enumerated and sampled
 # exactly; above it (65,536 subsets) they are drawn by rejection sampling.
 _ENUMERATE_UP_TO = 16
@@ -118,16 +138,33 @@ def select_boxes(
     n: int,
     enclose: float,
     rng: np.random.Generator,
-    max_margin: float = 0.5,
+    random_boxes: str = "scales",
+    whole_image: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` distinct boxes enclosing the foreground of ``fg_mask`` (HxW bool).
+    """``n`` distinct boxes enclosing the foreground of ``fg_mask`` (HxW bool), plus the
+    padded image square first when ``whole_image``.
 
-    Returns boxes (k,4) float32 and origin (k,) uint8; k == n, or 0 for an empty mask.
+    Returns boxes (k,4) float32 and origin (k,) uint8; k == n (+1), or 0 for an empty mask.
     """
     fg = np.asarray(fg_mask, dtype=bool)
     total = int(fg.sum())
     counts = box_counts(summed_area_table(fg), proposals) if total else np.zeros(0, np.int64)
-    return _choose(counts, total, tight_box(fg), proposals, scores, n, enclose, rng, max_margin)
+    rule = BoxRule(fg.shape, random_boxes, whole_image)
+    return _choose(counts, total, tight_box(fg), proposals, scores, n, enclose, rng, rule)
+
+
+class BoxRule:
+    """What besides proposals a subset gets: random boxes drawn by ``random_boxes`` for an
+    image of ``shape`` (H, W), and the padded image square when ``whole_image``."""
+
+    def __init__(self, shape: tuple[int, ...], random_boxes: str, whole_image: bool) -> None:
+        if random_boxes not in RANDOM_BOXES:
+            raise ValueError(f"random_boxes must be one of {RANDOM_BOXES}, got {random_boxes!r}")
+        self.side = float(max(shape[:2]))
+        self.random_boxes, self.whole_image = random_boxes, whole_image
+
+    def whole(self) -> np.ndarray:
+        return np.array([[0.0, 0.0, self.side, self.side]], np.float32)
 
 
 def _choose(
@@ -139,7 +176,7 @@ def _choose(
     n: int,
     enclose: float,
     rng: np.random.Generator,
-    max_margin: float,
+    rule: BoxRule,
 ) -> tuple[np.ndarray, np.ndarray]:
     """select_boxes given each proposal's foreground count (shared with image_crops)."""
     if total == 0 or n <= 0 or bbox is None:
@@ -148,14 +185,25 @@ def _choose(
     # The tolerance keeps e.g. 19/20 at enclose=0.95 despite float rounding.
     ok = np.flatnonzero(counts >= enclose * total - 1e-9)
     order = ok[np.argsort(-np.asarray(scores)[ok], kind="stable")]
-    taken = _first_unique(proposals[order], limit=n)
-    boxes = proposals[order][taken]
-    seen = {tuple(r) for r in np.rint(boxes).astype(np.int64).tolist()}
-    randoms = _random_boxes(bbox, n - len(boxes), seen, rng, max_margin)
-    origin = np.r_[
-        np.full(len(boxes), ORIGIN_PROPOSAL, np.uint8), np.full(len(randoms), ORIGIN_RANDOM)
-    ].astype(np.uint8)
-    return np.concatenate([boxes, randoms]).astype(np.float32), origin
+    whole = rule.whole() if rule.whole_image else np.zeros((0, 4), np.float32)
+    seen = {tuple(r) for r in np.rint(whole).astype(np.int64).tolist()}
+    candidates = proposals[order]
+    fresh = [
+        i
+        for i in _first_unique(candidates, limit=len(candidates))
+        if tuple(np.rint(candidates[i]).astype(np.int64).tolist()) not in seen
+    ]
+    boxes = candidates[fresh[:n]]
+    seen |= {tuple(r) for r in np.rint(boxes).astype(np.int64).tolist()}
+    randoms = _random_boxes(bbox, n - len(boxes), seen, rng, rule)
+    origin = np.concatenate(
+        [
+            np.full(len(whole), ORIGIN_WHOLE),
+            np.full(len(boxes), ORIGIN_PROPOSAL),
+            np.full(len(randoms), ORIGIN_RANDOM),
+        ]
+    ).astype(np.uint8)
+    return np.concatenate([whole, boxes, randoms]).astype(np.float32), origin
 
 
 def _first_unique(boxes: np.ndarray, limit: int) -> np.ndarray:
@@ -166,26 +214,53 @@ def _first_unique(boxes: np.ndarray, limit: int) -> np.ndarray:
     return np.sort(first)[:limit]
 
 
+def _margin_draw(
+    bbox: np.ndarray, batch: int, rng: np.random.Generator, widen: float
+) -> np.ndarray:
+    """ "margin": each side of ``bbox`` moves out by U[0, MAX_MARGIN x its side] (x ``widen``,
+    at least 1 px once widened)."""
+    side = np.array([bbox[2] - bbox[0], bbox[3] - bbox[1]], dtype=np.float64)
+    scale = np.tile(MAX_MARGIN * side, 2)
+    if widen > 1:
+        scale = np.maximum(widen * scale, widen / 2)
+    sign = np.array([-1.0, -1.0, 1.0, 1.0])
+    return bbox + sign * rng.random((batch, 4)) * scale
+
+
+def _scale_draw(
+    bbox: np.ndarray, batch: int, rng: np.random.Generator, widen: float, square: float
+) -> np.ndarray:
+    """ "scales": sides log-uniform from the tight box's to ``square`` (x ``widen``), one t
+    per box; placed uniformly among the positions that contain ``bbox``."""
+    lo = np.array([bbox[2] - bbox[0], bbox[3] - bbox[1]], dtype=np.float64)
+    hi = np.maximum(square * widen, lo)
+    t = rng.random((batch, 1))
+    sides = lo * (hi / lo) ** t
+    start = bbox[2:] - sides + rng.random((batch, 2)) * (sides - lo)
+    return np.concatenate([start, start + sides], axis=1)
+
+
 def _random_boxes(
     bbox: np.ndarray,
     count: int,
     seen: set[tuple[int, ...]],
     rng: np.random.Generator,
-    max_margin: float,
+    rule: BoxRule,
 ) -> np.ndarray:
-    """``count`` boxes = bbox grown by uniform random margins, distinct after rounding.
+    """``count`` random boxes that contain ``bbox``, distinct from ``seen`` after rounding.
 
-    Each side moves out by U[0, max_margin x the bbox side]; such a box contains all of
-    the foreground. For a tiny foreground, rounding collapses the few possible boxes:
-    whenever most of a batch are repeats, the margin scale doubles (to at least 1 px).
+    Where rounding collapses the few possible boxes (a tiny foreground under "margin", a
+    foreground filling a square image under "scales"), the range widens whenever most of
+    a batch are repeats: past the image, which the reader pads.
     """
     out: list[np.ndarray] = []
-    side = np.array([bbox[2] - bbox[0], bbox[3] - bbox[1]], dtype=np.float64)
-    scale = np.tile(max_margin * side, 2)
-    sign = np.array([-1.0, -1.0, 1.0, 1.0])
+    widen = 1.0
     while count > 0:
         batch = max(2 * count, 8)
-        cand = bbox + sign * rng.random((batch, 4)) * scale
+        if rule.random_boxes == "margin":
+            cand = _margin_draw(bbox, batch, rng, widen)
+        else:
+            cand = _scale_draw(bbox, batch, rng, widen, rule.side)
         added = 0
         for row, key in zip(cand, np.rint(cand).astype(np.int64).tolist(), strict=True):
             if tuple(key) not in seen:
@@ -196,7 +271,7 @@ def _random_boxes(
                     break
         count -= added
         if count > 0 and added < batch // 4:
-            scale = np.maximum(2.0 * scale, 1.0)
+            widen *= 2.0 if rule.random_boxes == "margin" else 1.5
     return np.asarray(out, dtype=np.float32).reshape(-1, 4)
 
 
@@ -209,9 +284,11 @@ def image_crops(
     enclose: float,
     max_subsets: int | None,
     rng: np.random.Generator,
-    max_margin: float = 0.5,
+    random_boxes: str = "scales",
+    whole_image: bool = False,
 ) -> CropTable:
-    """The crop table of one strong image: ``n`` boxes for each label subset P.
+    """The crop table of one strong image: ``n`` boxes for each label subset P (and the
+    padded image square first, when ``whole_image``).
 
     ``crop_image`` is 0; the shard builder sets the image's row. The foreground of P is
     ``np.isin(label_map, classes of P)``; counts are additive over classes, so one
@@ -219,6 +296,7 @@ def image_crops(
     """
     labels = tuple(int(c) for c in labels)
     subsets = label_subsets(labels, max_subsets, rng)
+    rule = BoxRule(label_map.shape, random_boxes, whole_image)
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     per_class_counts, per_class_total, per_class_bbox = [], [], []
     for c in labels:
@@ -233,7 +311,7 @@ def image_crops(
         total = sum(per_class_total[j] for j in members)
         boxes_of = [per_class_bbox[j] for j in members if per_class_bbox[j] is not None]
         bbox = _union(boxes_of)
-        boxes, origin = _choose(counts, total, bbox, proposals, scores, n, enclose, rng, max_margin)
+        boxes, origin = _choose(counts, total, bbox, proposals, scores, n, enclose, rng, rule)
         parts.append(
             CropTable(
                 np.zeros(len(boxes), np.int32),

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from pipeline.manifest import read_manifest
+from pipeline.object_scale import format_object_scale, object_scale
 
 
 def summarize(prepared: Path) -> dict[str, Any]:
@@ -35,6 +36,8 @@ def summarize(prepared: Path) -> dict[str, Any]:
         "strong_selection": m["splits"].get("strong_selection", {}).get("rule"),
         "proposals": m.get("proposals", {}).get("method"),
         "config_hash": m["config_hash"],
+        # The segmenter's training crops against what inference shows it (sampled).
+        "object_scale": object_scale(prepared) if m.get("complete") else None,
     }
 
 
@@ -50,6 +53,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  storage        {s['bytes'] / 2**20:.1f} MiB in {s['shards']} shards "
         f"({per_crop:.0f} bytes per training example)",
     ]
+    if s.get("object_scale"):
+        lines += format_object_scale(s["object_scale"])
     if s["skipped"]:
         lines.append(f"  skipped        {s['skipped']} bad images (listed in manifest.json)")
     lines += [f"  warning        {w}" for w in s["warnings"]]

@@ -56,17 +56,24 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     )
 
 
+def pad_to_square(image: np.ndarray) -> np.ndarray:
+    """Zero-pad at bottom/right to a max(H, W) square (HxW or HxWxC)."""
+    h, w = image.shape[:2]
+    side = max(h, w)
+    if h == w:
+        return image
+    padded = np.zeros((side, side, *image.shape[2:]), dtype=image.dtype)
+    padded[:h, :w] = image
+    return padded
+
+
 def pad_to_square_and_resize(image: np.ndarray, size: int) -> np.ndarray:
     """The reference's network input: zero-pad at bottom/right to a square, resize to size.
 
     Works on HxW or HxWxC arrays. A prediction on the result maps back to the image by
     resizing to the padded square (max(H, W)) and keeping the top-left H x W.
     """
-    h, w = image.shape[:2]
-    side = max(h, w)
-    padded = np.zeros((side, side, *image.shape[2:]), dtype=image.dtype)
-    padded[:h, :w] = image
-    return _resize(padded, size, size)
+    return _resize(pad_to_square(image), size, size)
 
 
 def random_resized_crop_box(
@@ -226,9 +233,12 @@ class CropDataset(_ShardDataset):
 class WeakDataset(_ShardDataset):
     """Classifier examples: ``image`` uint8 (3, size, size), ``labels`` float32 (C,).
 
-    Training: a random resized crop (scale 0.5-1, aspect 3/4-4/3) and a random flip.
-    Evaluation (``train=False``): `pad_to_square_and_resize`, the reference's inference
-    input. ``source`` picks the shards: 'weak', 'strong' or 'val' (classifier validation).
+    Training: a random resized crop (scale 0.5-1, aspect 3/4-4/3) and a random flip, of
+    the image zero-padded to a square (``pad_square``, as `pad_to_square_and_resize`
+    gives it at inference, so the classifier learns the padded view it is tested on) or
+    of the image itself. Evaluation (``train=False``): `pad_to_square_and_resize`, the
+    reference's inference input. ``source`` picks the shards: 'weak', 'strong' or 'val'
+    (classifier validation).
     """
 
     def __init__(
@@ -238,6 +248,7 @@ class WeakDataset(_ShardDataset):
         train: bool = True,
         seed: int = 0,
         source: str = "weak",
+        pad_square: bool = True,
     ) -> None:
         if source not in SOURCES:
             raise UserError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
@@ -245,6 +256,7 @@ class WeakDataset(_ShardDataset):
             raise UserError(f"image size must be positive, got {size}")
         super().__init__(prepared_dir, source, "images", ("labels",))
         self.size, self.train, self.seed = size, train, seed
+        self.pad_square = pad_square
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)
@@ -252,6 +264,8 @@ class WeakDataset(_ShardDataset):
         image, _ = self._decode(shard, row, mask=False)
         if self.train:
             rng = example_rng(self.seed, self.epoch, index)
+            if self.pad_square:
+                image = pad_to_square(image)
             top, left, h, w = random_resized_crop_box(rng, *image.shape[:2])
             image = _resize(image[top : top + h, left : left + w], self.size, self.size)
             if rng.random() < 0.5:

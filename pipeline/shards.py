@@ -19,7 +19,8 @@ crop table, one row per training example (M rows), geometry only:
                                   increasing class order) is in P
 ``crop_box``      (M,4)  float32  x0, y0, x1, y1 in source pixels (pixel i spans
                                   [i, i+1)); may extend past the image
-``crop_origin``   (M,)   uint8    0 = region proposal, 1 = random box
+``crop_origin``   (M,)   uint8    0 = region proposal, 1 = random box, 2 = the whole
+                                  image (its padded square, as at inference)
 
 With ``--materialize S``: ``mat_images`` (M,S,S,3) uint8 and ``mat_masks`` (M,S,S)
 uint8 (0/1/255 for P), the box warped to SxS, one example per HDF5 chunk.
@@ -44,7 +45,7 @@ from ddn import __version__
 
 FORMAT_VERSION = 1
 KINDS = ("weak", "strong", "val")
-ORIGIN_PROPOSAL, ORIGIN_RANDOM = 0, 1
+ORIGIN_PROPOSAL, ORIGIN_RANDOM, ORIGIN_WHOLE = 0, 1, 2
 
 
 def shard_name(kind: str, index: int) -> str:

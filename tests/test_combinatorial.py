@@ -3,7 +3,7 @@ import pytest
 
 from pipeline.combinatorial import box_counts, image_crops, label_subsets, select_boxes
 from pipeline.combinatorial import summed_area_table as sat_of
-from pipeline.shards import ORIGIN_PROPOSAL, ORIGIN_RANDOM, subset_classes
+from pipeline.shards import ORIGIN_PROPOSAL, ORIGIN_RANDOM, ORIGIN_WHOLE, subset_classes
 
 
 def _inside_count(mask: np.ndarray, box) -> int:
@@ -134,7 +134,7 @@ def test_select_boxes_encloses_orders_and_dedupes():
 def test_random_boxes_grow_the_tight_box_within_margin():
     fg = _fg()
     out, origin = select_boxes(
-        fg, np.zeros((0, 4)), np.zeros(0), 50, 0.95, np.random.default_rng(1), max_margin=0.5
+        fg, np.zeros((0, 4)), np.zeros(0), 50, 0.95, np.random.default_rng(1), "margin"
     )
     assert np.all(origin == ORIGIN_RANDOM)
     tight = np.array([20, 15, 50, 40], np.float32)
@@ -144,10 +144,53 @@ def test_random_boxes_grow_the_tight_box_within_margin():
     assert np.all(out[:, 2:] <= 50 + 15 + 1e-4)
 
 
-def test_random_boxes_may_extend_past_the_image():
+@pytest.mark.parametrize("rule", ["scales", "margin"])
+def test_random_boxes_may_extend_past_the_image(rule):
     fg = _fg(rect=(0, 0, 30, 20))
-    out, _ = select_boxes(fg, np.zeros((0, 4)), np.zeros(0), 40, 0.95, np.random.default_rng(2))
+    out, _ = select_boxes(
+        fg, np.zeros((0, 4)), np.zeros(0), 40, 0.95, np.random.default_rng(2), rule
+    )
     assert (out[:, 0] < 0).any() and (out[:, 1] < 0).any()
+    assert all(_inside_count(fg, b) == fg.sum() for b in out)
+
+
+def test_scale_boxes_span_from_the_tight_box_to_the_padded_square():
+    # A 10x8 object in a 60x200 image: the padded square is 200 wide, 20x the object.
+    fg = _fg(h=60, w=200, rect=(100, 30, 110, 38))
+    out, origin = select_boxes(
+        fg, np.zeros((0, 4)), np.zeros(0), 400, 0.95, np.random.default_rng(3), "scales"
+    )
+    assert np.all(origin == ORIGIN_RANDOM) and len(out) == 400
+    w, h = out[:, 2] - out[:, 0], out[:, 3] - out[:, 1]
+    assert np.all(w >= 10 - 1e-3) and np.all(w <= 200 + 1e-3)
+    assert np.all(h >= 8 - 1e-3) and np.all(h <= 200 + 1e-3)
+    # Log-uniform in scale: about half the boxes below sqrt(20) ~ 4.5x the object's width.
+    ratio = np.log(w / 10) / np.log(20)
+    assert 0.4 < np.mean(ratio < 0.5) < 0.6
+    assert (ratio > 0.9).sum() > 20 and (ratio < 0.1).sum() > 20
+    # The same t for both sides: the aspect moves from the object's to square together.
+    np.testing.assert_allclose(np.log(w / 10) / np.log(20), np.log(h / 8) / np.log(25), atol=1e-4)
+    assert all(_inside_count(fg, b) == fg.sum() for b in out)
+
+
+def test_whole_image_box_comes_first_and_is_the_padded_square():
+    fg = _fg(h=60, w=80)
+    boxes, scores = _proposals()
+    out, origin = select_boxes(
+        fg, boxes, scores, 10, 0.95, np.random.default_rng(0), whole_image=True
+    )
+    assert len(out) == 11 and origin[0] == ORIGIN_WHOLE and np.all(origin[1:] != ORIGIN_WHOLE)
+    np.testing.assert_array_equal(out[0], [0, 0, 80, 80])
+    assert len({tuple(k) for k in np.rint(out).astype(int).tolist()}) == 11
+
+
+@pytest.mark.parametrize("rule", ["scales", "margin"])
+def test_object_filling_a_square_image_still_yields_n_distinct_boxes(rule):
+    fg = np.ones((40, 40), bool)
+    out, _ = select_boxes(
+        fg, np.zeros((0, 4)), np.zeros(0), 200, 0.95, np.random.default_rng(0), rule, True
+    )
+    assert len({tuple(k) for k in np.rint(out).astype(int).tolist()}) == 201
     assert all(_inside_count(fg, b) == fg.sum() for b in out)
 
 
@@ -178,10 +221,13 @@ def test_empty_foreground_gives_no_boxes():
     assert out.shape == (0, 4) and origin.shape == (0,)
 
 
-def test_tiny_foreground_still_yields_n_distinct_boxes():
+@pytest.mark.parametrize("rule", ["scales", "margin"])
+def test_tiny_foreground_still_yields_n_distinct_boxes(rule):
     fg = np.zeros((30, 30), bool)
     fg[10, 12] = True
-    out, _ = select_boxes(fg, np.zeros((0, 4)), np.zeros(0), 200, 0.95, np.random.default_rng(0))
+    out, _ = select_boxes(
+        fg, np.zeros((0, 4)), np.zeros(0), 200, 0.95, np.random.default_rng(0), rule
+    )
     assert len(out) == 200
     assert len({tuple(k) for k in np.rint(out).astype(int).tolist()}) == 200
     assert all(_inside_count(fg, b) == 1 for b in out)
@@ -228,3 +274,18 @@ def test_image_crops_respects_subset_cap():
         lm, (1, 2, 4, 5, 6), np.zeros((0, 4)), np.zeros(0), 3, 0.95, 10, np.random.default_rng(0)
     )
     assert len(set(table.subset.tolist())) == 10 and len(table) == 30
+
+
+def test_image_crops_whole_image_leads_every_subset():
+    lm = np.zeros((30, 50), np.uint8)
+    lm[2:10, 3:12] = 4
+    lm[15:28, 30:45] = 9
+    table = image_crops(
+        lm, (4, 9), np.zeros((0, 4)), np.zeros(0), 5, 0.95, None, np.random.default_rng(0),
+        whole_image=True,
+    )  # fmt: skip
+    assert len(table) == 3 * 6
+    for bits in (1, 2, 3):
+        rows = np.flatnonzero(table.subset == bits)
+        assert table.origin[rows[0]] == ORIGIN_WHOLE and (table.origin[rows[1:]] == 1).all()
+        np.testing.assert_array_equal(table.box[rows[0]], [0, 0, 50, 50])

@@ -359,6 +359,27 @@ def test_weak_dataset_train_and_eval(prep):
         np.testing.assert_array_equal(ds[-1]["labels"].numpy(), prep.labels[ids[-1]])
 
 
+def _has_zero_edge(image: np.ndarray) -> bool:
+    # (3, H, W): a whole zero row at the bottom or a zero column at either side (flips).
+    return bool((image[:, -1] == 0).all() or (image[:, :, 0] == 0).all()
+                or (image[:, :, -1] == 0).all())  # fmt: skip
+
+
+def test_weak_dataset_trains_on_padded_squares_as_inference_sees_them(prep):
+    shapes = [WeakDataset(prep.root, train=False)._decode(0, i, False)[0].shape
+              for i in range(len(prep.weak_ids))]  # fmt: skip
+    assert any(h != w for h, w, _ in shapes), "the fixture needs non-square images"
+    padded, plain = WeakDataset(prep.root, size=48), WeakDataset(prep.root, 48, pad_square=False)
+    seen_pad = seen_plain = 0
+    for epoch in range(6):
+        padded.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for i in range(len(padded)):
+            seen_pad += _has_zero_edge(padded[i]["image"].numpy())
+            seen_plain += _has_zero_edge(plain[i]["image"].numpy())
+    assert seen_pad > 0 and seen_plain == 0
+
+
 def test_val_dataset_returns_originals(prep):
     ds = ValDataset(prep.root)
     assert len(ds) == len(prep.val_ids)

@@ -128,9 +128,9 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_last_checkpoint(
     real = seg_module.segmentation_loss
     calls = []
 
-    def poisoned(logits, target):
+    def poisoned(logits, target, *weight):
         calls.append(1)
-        loss = real(logits, target)
+        loss = real(logits, target, *weight)
         return loss * float("nan") if len(calls) > 4 else loss  # step 3 (accum 2) is NaN
 
     monkeypatch.setattr(seg_module, "segmentation_loss", poisoned)

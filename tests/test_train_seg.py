@@ -13,8 +13,16 @@ from torch import nn
 from ddn.runs import load_models
 from ddn.train import seg as seg_module
 from ddn.train.schedule import reference_iters, segmenter_schedule
-from ddn.train.seg import reestimate_bn, segmentation_loss, strong_per_class, train_seg
+from ddn.train.seg import (
+    foreground_share,
+    reestimate_bn,
+    resolve_fg_weight,
+    segmentation_loss,
+    strong_per_class,
+    train_seg,
+)
 from pipeline.errors import UserError
+from pipeline.readers import CropDataset
 from tests.trainutil import (
     cls_run_for,
     learning_data,
@@ -73,6 +81,36 @@ def test_loss_ignores_255_and_an_all_ignore_batch_is_zero():
     expected = nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
     assert torch.allclose(segmentation_loss(logits, target), expected)
     assert segmentation_loss(logits, torch.full((2, 4, 4), 255)).item() == 0.0
+
+
+def test_weighted_loss_is_the_weighted_mean_over_labelled_pixels():
+    logits = torch.randn(2, 3, 5, 5)
+    target = torch.randint(0, 3, (2, 5, 5))
+    target[1, 0] = 255
+    weight = torch.tensor([1.0, 4.0, 4.0])
+    expected = nn.functional.cross_entropy(logits, target, weight, ignore_index=255)
+    assert torch.allclose(segmentation_loss(logits, target, weight), expected)
+    plain = segmentation_loss(logits, target)
+    assert not torch.allclose(plain, expected)
+    assert segmentation_loss(logits, torch.full((2, 5, 5), 255), weight).item() == 0.0
+
+
+def test_auto_fg_weight_balances_by_the_square_root_of_the_crops_odds(prep):
+    crops = CropDataset(prep, warp_size=70, crop_size=64)
+    share = foreground_share(crops, samples=50, seed=3)
+    assert 0 < share < 1 and share == foreground_share(crops, samples=50, seed=3)
+    targets = [crops[i]["target"].numpy() for i in range(len(crops))]
+    every = np.concatenate([t[t != 255] for t in targets])
+    assert abs(share - every.mean()) < 0.1  # a sample of the crops' true share
+    weight, measured = resolve_fg_weight("auto", crops, 3)
+    share = foreground_share(crops, seed=3)  # the default sample
+    assert measured == share
+    assert weight == pytest.approx(min(10, max(1, np.sqrt((1 - share) / share))))
+    assert resolve_fg_weight("1", crops, 3) == (1.0, None)
+    assert resolve_fg_weight("2.5", crops, 3) == (2.5, None)
+    for bad in ("heavy", "0", "-1", "nan"):
+        with pytest.raises(UserError, match="--fg-weight"):
+            resolve_fg_weight(bad, crops, 3)
 
 
 def test_bn_reestimation_is_a_cumulative_average():
@@ -153,7 +191,7 @@ def test_segmenter_with_shuffled_labels_fails_the_same_bar(tmp_path_factory, tmp
     """The negative control: targets rolled by one within the batch (each crop trained on
     another crop's mask) leave only the foreground prior to learn."""
     real = seg_module.segmentation_loss
-    monkeypatch.setattr(seg_module, "segmentation_loss", lambda x, t: real(x, t.roll(1, 0)))
+    monkeypatch.setattr(seg_module, "segmentation_loss", lambda x, t, *w: real(x, t.roll(1, 0), *w))
     _, cls_run = trained_classifier(tmp_path_factory)
     ratio = loss_ratio(learning_data(tmp_path_factory), cls_run, tmp_path / "run")
     assert ratio > MAX_RATIO, ratio

@@ -52,6 +52,7 @@ class ClsConfig:
     optimizer: str = "sgd"  # sgd (the reference) | adamw (tiny models from scratch)
     warmup: int | None = None  # steps; None: min(500, iters // 10)
     decay: str = "cosine"
+    pad_square: bool = True  # random crops of the zero-padded square, as at inference
     weights: str = "imagenet"
     device: str = "auto"
     workers: int = 4
@@ -83,7 +84,9 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     run = Path(cfg.out)
     _check(cfg)
 
-    train_set = WeakDataset(cfg.data, cfg.input_size, train=True, seed=cfg.seed, source="weak")
+    train_set = WeakDataset(
+        cfg.data, cfg.input_size, True, cfg.seed, "weak", pad_square=cfg.pad_square
+    )
     try:
         val_set: WeakDataset | None = WeakDataset(
             cfg.data, cfg.input_size, train=False, source="val"

@@ -48,6 +48,7 @@ class DeconvConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    fg_weight: str = "auto"  # every object class's loss weight; as train-seg's
     bn_batches: int = 100
     weights: str = "imagenet"  # encoder init, as train-cls: imagenet | none | a .pth
     device: str = "auto"

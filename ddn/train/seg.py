@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from ddn.train.deconvnet import DeconvConfig
 
 EFFECTIVE_BATCH = 64  # the reference's 4 x 16
+FG_SAMPLES = 256  # training crops drawn to measure the foreground share (--fg-weight auto)
+MAX_AUTO_FG_WEIGHT = 10.0
 WARP_RATIO = 350 / 320  # the reference warps boxes to 350 and crops 320
 DEVICE_CROPS_MAX_SHARE = 0.25  # auto: the strong set may take this share of free GPU memory
 
@@ -61,6 +64,7 @@ class SegConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    fg_weight: str = "auto"  # "auto": from the crops' foreground share; "1": the reference
     bn_batches: int = 100
     weights: str = "none"
     device: str = "auto"
@@ -162,14 +166,53 @@ def segment(
         return model(cls_out, sal)
 
 
-def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Figure/ground cross-entropy averaged over the pixels that are not 255.
+def segmentation_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy averaged over the pixels that are not 255; with ``weight`` (one per
+    class), each pixel counts its class's weight, and the average is over those weights.
 
     A crop can be all-ignore (a box entirely past the image); its loss is 0, not the
     NaN of a mean over no pixels, which would stop the run for nothing.
     """
-    total = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
-    return total / (target != IGNORE).sum().clamp(min=1)
+    total = F.cross_entropy(logits, target, weight, ignore_index=IGNORE, reduction="sum")
+    valid = target != IGNORE
+    if weight is None:
+        return total / valid.sum().clamp(min=1)
+    return total / weight[target[valid]].sum().clamp(min=1e-12)
+
+
+def foreground_share(dataset: CropDataset, samples: int = FG_SAMPLES, seed: int = 0) -> float:
+    """The share of labelled (not 255) pixels that are foreground (not 0) in ``samples``
+    training crops drawn with ``seed``: the figure/ground balance the segmenter sees."""
+    rng = np.random.default_rng((seed, 0xF6))
+    picks = rng.choice(len(dataset), size=min(samples, len(dataset)), replace=False)
+    fg = labelled = 0
+    for i in picks.tolist():
+        t = dataset[i]["target"].numpy()
+        valid = t != IGNORE
+        fg += int((valid & (t != 0)).sum())
+        labelled += int(valid.sum())
+    return fg / labelled if labelled else 0.5
+
+
+def resolve_fg_weight(setting: str, dataset: CropDataset, seed: int) -> tuple[float, float | None]:
+    """(weight of foreground pixels, the foreground share it came from or None).
+
+    "auto": sqrt((1 - f) / f) for a foreground share f of the crops, clipped to
+    [1, MAX_AUTO_FG_WEIGHT]; a number is taken as it is ("1" is the reference's plain
+    cross-entropy).
+    """
+    if str(setting).strip().lower() != "auto":
+        try:
+            value = float(setting)
+        except ValueError:
+            raise UserError(f"--fg-weight: expected 'auto' or a number, got {setting!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise UserError(f"--fg-weight: must be a positive number, got {setting!r}")
+        return value, None
+    share = foreground_share(dataset, seed=seed)
+    if share <= 0:
+        return 1.0, share
+    return float(np.clip(math.sqrt((1 - share) / share), 1.0, MAX_AUTO_FG_WEIGHT)), share
 
 
 @torch.no_grad()
@@ -225,6 +268,8 @@ class StrongSchedule:
     decay_step: int
     per_class: int | None
     world_size: int
+    fg_weight: float = 1.0  # loss weight of foreground pixels (classes other than 0)
+    fg_share: float | None = None  # the crops' foreground share it was set from ("auto")
 
     def config(self) -> dict[str, Any]:
         """Its config.json entries, in the order train-seg has always written them."""
@@ -232,7 +277,16 @@ class StrongSchedule:
             "accum": self.accum, "iters": self.iters, "decay_step": self.decay_step,
             "strong_per_class": self.per_class, "world_size": self.world_size,
             "global_batch": self.global_batch, "train_crops": self.crops,
+            "fg_weight_value": self.fg_weight, "foreground_share": self.fg_share,
         }  # fmt: skip
+
+    def class_weight(self, num_classes: int, device: torch.device) -> Tensor | None:
+        """Per-class loss weights for a (num_classes)-way target, or None when plain."""
+        if self.fg_weight == 1.0:
+            return None
+        weight = torch.full((num_classes,), self.fg_weight, device=device)
+        weight[0] = 1.0
+        return weight
 
 
 def strong_schedule(
@@ -244,9 +298,10 @@ def strong_schedule(
     per_class = strong_per_class(Path(cfg.data), dataset.num_classes)
     iters, decay_step = segmenter_schedule(per_class, cfg.iters)
     global_batch = cfg.batch * accum * info.world_size
+    fg_weight, fg_share = resolve_fg_weight(cfg.fg_weight, dataset, cfg.seed)
     return StrongSchedule(
         len(dataset), accum, global_batch, iters, cfg.decay_step or decay_step, per_class,
-        info.world_size,
+        info.world_size, fg_weight, fg_share,
     )  # fmt: skip
 
 
@@ -284,9 +339,14 @@ def train_on_strong_crops(
     state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, plan.global_batch, n)
     ckpt = checkpoint.Checkpointer(run, cfg.ckpt_every, info, latest, state)
 
+    weights: dict[int, Tensor | None] = {}
+
     def micro_loss(batch: dict[str, Tensor]) -> Tensor:
         logits, target = forward(train_model, batch)
-        return segmentation_loss(logits.float(), target)
+        channels = logits.shape[1]
+        if channels not in weights:
+            weights[channels] = plan.class_weight(channels, logits.device)
+        return segmentation_loss(logits.float(), target, weights[channels])
 
     model.train()
     step = loop.train_steps(
