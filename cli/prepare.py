@@ -8,7 +8,7 @@ import click
 
 from pipeline.build import CropSettings
 from pipeline.errors import UserError
-from pipeline.prepare import ShardSettings, SplitSettings, prepare
+from pipeline.prepare import NEGATIVES, ShardSettings, SplitSettings, prepare
 from pipeline.proposals import ProposalConfig
 from pipeline.splits import parse_strong_per_class
 
@@ -49,7 +49,7 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
 @click.option(
     "--strong-per-class",
     default="5",
-    help="Strong images per class (N x C in all), or 'full' for every mask.",
+    help="Strong images per class (N x C in all), or 'full' for every mask with an object.",
 )
 @click.option(
     "--strong-list",
@@ -67,6 +67,12 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
     "--allow-short",
     is_flag=True,
     help="Take all images of a class that has fewer than --strong-per-class.",
+)
+@click.option(
+    "--negatives",
+    type=click.Choice(NEGATIVES),
+    default="keep",
+    help="Background-only images: keep them as negatives (weak, val) or leave them out.",
 )
 @click.option("--seed", default=0, help="Seed for the strong split, random boxes and subsets.")
 @click.option(
@@ -137,6 +143,7 @@ def command(
     strong_list: Path | None,
     weak_from: str,
     allow_short: bool,
+    negatives: str,
     seed: int,
     method: str,
     per_subset: int,
@@ -197,6 +204,7 @@ def command(
             weak_from,
             allow_short,
             seed,
+            negatives,
         ),
         CropSettings(
             proposals,
@@ -222,9 +230,20 @@ def command(
         click.echo(f"skipped: {bad['file']}: {bad['reason']}", err=True)
     if len(skipped) > SHOW_SKIPPED:
         click.echo(f"skipped: {len(skipped) - SHOW_SKIPPED} more (manifest.json)", err=True)
+    dropped = manifest["negatives"].get("dropped")
+    if dropped:
+        click.echo(
+            f"negatives: left out {dropped['train']} train and {dropped['val']} val "
+            "background-only images (--negatives drop)"
+        )
     sp = manifest["splits"]
     crops = sum(s["crops"] for s in manifest["shards"])
     click.echo(
-        f"prepared {out}: {sp['weak']} weak, {sp['strong']} strong ({crops} crops), "
-        f"{sp['val']} val images"
+        f"prepared {out}: {sp['weak']} weak{_negatives(manifest, 'weak')}, {sp['strong']} "
+        f"strong ({crops} crops), {sp['val']} val images{_negatives(manifest, 'val')}"
     )
+
+
+def _negatives(manifest: dict, kind: str) -> str:
+    n = sum(s["negatives"] for s in manifest["shards"] if s["kind"] == kind)
+    return f" ({n} negative{'s' * (n != 1)})" if n else ""

@@ -54,7 +54,6 @@ class ShardTask:
     out: Path
     crops: CropSettings
     skip_bad: bool = False
-    drop_empty: bool = False
     skipped: list[dict] = field(default_factory=list)
 
     @property
@@ -85,9 +84,13 @@ def _image_labels(task: ShardTask, rec: Record, mask: np.ndarray | None) -> tupl
     bad = [c for c in labels if not 1 <= c < len(task.classes)]
     if bad:
         raise BadInputError(rec.image, f"labels {bad} are outside 1..{len(task.classes) - 1}")
-    if not labels and task.kind != "val":
+    # No object is fine in weak and val (a negative example). A strong image was chosen
+    # because its labels named a class, so an empty mask contradicts them.
+    if not labels and task.kind == "strong":
         where = rec.mask if isinstance(rec.mask, Path) else rec.image
-        raise BadInputError(where, "image has no object (no class in its mask or labels)", rec.id)
+        raise BadInputError(
+            where, "mask has no object although its labels name one, so it cannot be strong", rec.id
+        )
     return labels
 
 
@@ -100,7 +103,6 @@ def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
     tables: list[CropTable] = []
     sources: list[tuple[np.ndarray, np.ndarray]] = []  # kept only for --materialize
     skipped: list[dict] = []
-    dropped = 0
     num_classes = len(task.classes) - 1
     for rec in task.records:
         try:
@@ -114,9 +116,6 @@ def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
                 check_label_map(mask, pixels.shape[:2], num_classes, where)
             labels = _image_labels(task, rec, mask)
         except BadInputError as e:
-            if e.reason.startswith("image has no object") and task.drop_empty:
-                dropped += 1
-                continue
             if not task.skip_bad:
                 raise
             skipped.append({"id": rec.id, "file": e.path, "reason": e.reason})
@@ -172,8 +171,6 @@ def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
         )
     except OSError as e:
         raise UserError(f"{task.path}: cannot write shard ({e.strerror or e})") from None
-    if dropped:
-        entry["dropped_empty"] = dropped
     # Where the time goes, for `ddn inspect` and the prepare benchmark.
     entry["seconds"] = round(time.perf_counter() - started, 3)
     entry["proposal_seconds"] = round(proposal_seconds, 3)

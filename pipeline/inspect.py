@@ -10,6 +10,15 @@ import numpy as np
 
 from pipeline.manifest import read_manifest
 from pipeline.object_scale import format_object_scale, object_scale
+from pipeline.shards import count_negatives, open_shard
+
+
+def _negatives(prepared: Path, entry: dict[str, Any]) -> int:
+    if "negatives" in entry:
+        return entry["negatives"]
+    # Manifests written before entries recorded it: count the shard's all-zero label rows.
+    with open_shard(Path(prepared) / entry["file"]) as f:
+        return count_negatives(f["labels"][()])
 
 
 def summarize(prepared: Path) -> dict[str, Any]:
@@ -20,13 +29,20 @@ def summarize(prepared: Path) -> dict[str, Any]:
     def count(kind: str, key: str) -> int:
         return sum(s[key] for s in shards if s["kind"] == kind)
 
+    def negatives(kind: str) -> int:
+        return sum(_negatives(prepared, s) for s in shards if s["kind"] == kind)
+
     return {
         "path": str(prepared),
         "dataset": m["config"]["dataset"]["name"],
         "classes": m["classes"],
         "weak_images": count("weak", "images"),
+        "weak_negatives": negatives("weak"),
         "strong_images": count("strong", "images"),
         "val_images": count("val", "images"),
+        "val_negatives": negatives("val"),
+        # Background-only images left out by `prepare --negatives drop` (None: kept).
+        "negatives_dropped": m.get("negatives", {}).get("dropped"),
         "crops": count("strong", "crops"),
         "bytes": sum(s["bytes"] for s in shards),
         "shards": len(shards),
@@ -46,19 +62,29 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"{s['path']}  ({s['dataset']}, {'complete' if s['complete'] else 'INCOMPLETE'})",
         f"  classes        {len(s['classes']) - 1} + background: " + ", ".join(s["classes"][1:]),
-        f"  weak images    {s['weak_images']}",
+        f"  weak images    {s['weak_images']}{_no_object(s['weak_negatives'])}",
         f"  strong images  {s['strong_images']}  (selection: {s['strong_selection']})",
-        f"  val images     {s['val_images']}",
+        f"  val images     {s['val_images']}{_no_object(s['val_negatives'])}",
         f"  crops          {s['crops']}  (proposals: {s['proposals']})",
         f"  storage        {s['bytes'] / 2**20:.1f} MiB in {s['shards']} shards "
         f"({per_crop:.0f} bytes per training example)",
     ]
     if s.get("object_scale"):
         lines += format_object_scale(s["object_scale"])
+    if s["negatives_dropped"]:
+        d = s["negatives_dropped"]
+        lines.append(
+            f"  negatives      {d['train']} train and {d['val']} val images with no object "
+            "left out (--negatives drop)"
+        )
     if s["skipped"]:
         lines.append(f"  skipped        {s['skipped']} bad images (listed in manifest.json)")
     lines += [f"  warning        {w}" for w in s["warnings"]]
     return "\n".join(lines)
+
+
+def _no_object(n: int) -> str:
+    return f"  ({n} negative{'s' * (n != 1)}: no object)" if n else ""
 
 
 def _overlay(image: np.ndarray, target: np.ndarray) -> np.ndarray:

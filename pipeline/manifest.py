@@ -2,9 +2,11 @@
 
 Keys: ``format_version``, ``ddn_version``, ``config`` (every setting that shapes the
 output), ``config_hash``, ``classes`` (background first), ``splits`` (counts and how
-the strong set was chosen), ``proposals``, ``shards`` (one entry per finished shard:
-file, kind, index, images, crops, bytes, sha256), ``skipped`` (bad images left out
-with ``--skip-bad``: id, file, reason), ``warnings``, ``complete``.
+the strong set was chosen), ``negatives`` (the rule for background-only images, keep or
+drop, and with drop how many train and val images it left out), ``proposals``,
+``shards`` (one entry per finished shard: file, kind, index, images, negatives (rows
+with no class), crops, bytes, sha256), ``skipped`` (bad images left out with
+``--skip-bad``: id, file, reason), ``warnings``, ``complete``.
 
 It is rewritten atomically after every finished shard, so an interrupted run leaves
 a manifest that lists exactly the shards that are whole.

@@ -1,10 +1,11 @@
 """`ddn prepare`: dataset -> splits -> shards, in parallel, resumable.
 
 Steps: list the dataset (adapter) -> learn each training image's classes (from
-labels or a scan of its mask, cached) -> choose weak / strong / val -> cut the
-lists into shard tasks -> run the tasks not already finished with joblib, updating
-the manifest after each. Re-running the same command resumes; a different config
-into the same directory is refused unless ``overwrite``.
+labels or a scan of its mask, cached) -> with ``negatives="drop"``, leave out the
+background-only images -> choose weak / strong / val -> cut the lists into shard
+tasks -> run the tasks not already finished with joblib, updating the manifest after
+each. Re-running the same command resumes; a different config into the same
+directory is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pipeline.records import DatasetSplits, Record
 from pipeline.shards import FORMAT_VERSION, sha256_file
 from pipeline.splits import read_strong_list, select_strong, write_split_files
 
+NEGATIVES = ("keep", "drop")
+
 
 @dataclass
 class SplitSettings:
@@ -36,6 +39,14 @@ class SplitSettings:
     weak_from: str = "all"  # "all" | "strong" (DecoupledNet-Str)
     allow_short: bool = False
     seed: int = 0
+    # Background-only images: "keep" them as negatives in weak and val, or "drop" them.
+    negatives: str = "keep"
+
+    def __post_init__(self) -> None:
+        if self.negatives not in NEGATIVES:
+            raise UserError(
+                f"--negatives: expected {' or '.join(NEGATIVES)}, got {self.negatives!r}"
+            )
 
 
 @dataclass
@@ -61,22 +72,34 @@ def _scan_one(rec: Record, num_classes: int) -> tuple[str, tuple[int, ...] | Non
         return rec.id, None, {"id": rec.id, "file": e.path, "reason": e.reason}
 
 
+SCAN_CACHES = (".scan.json", ".scan-val.json")  # train, val
+
+
 def scan_mask_classes(
-    records: list[Record], num_classes: int, out: Path, chash: str, jobs: int, skip_bad: bool
+    records: list[Record],
+    num_classes: int,
+    out: Path,
+    chash: str,
+    jobs: int,
+    skip_bad: bool,
+    cache_name: str = SCAN_CACHES[0],
 ) -> tuple[dict[str, tuple[int, ...]], list[dict]]:
-    """Classes present in each training mask; cached per config in ``out/.scan.json``
-    (only when every mask was readable)."""
-    cache = out / ".scan.json"
+    """Classes present in each mask (an empty tuple: background only); cached per config
+    in ``out/<cache_name>`` (only when every mask was readable)."""
+    cache = out / cache_name
     if cache.is_file():
         data = json.loads(cache.read_text())
         if data.get("config_hash") == chash:
             return {k: tuple(v) for k, v in data["classes"].items()}, []
-    # Labels given by the adapter (COCO) stand in for the mask's classes: painting
-    # every COCO mask just to choose the strong set would cost minutes.
+    # Labels given by the adapter (COCO annotations, a labels.csv row) stand in for the
+    # mask's classes, even when empty: painting every COCO mask just to choose the strong
+    # set would cost minutes.
     classes: dict[str, tuple[int, ...]] = {
-        r.id: tuple(sorted(r.labels)) for r in records if r.mask is not None and r.labels
+        r.id: tuple(sorted(r.labels))
+        for r in records
+        if r.mask is not None and r.labels is not None
     }
-    with_mask = [r for r in records if r.mask is not None and not r.labels]
+    with_mask = [r for r in records if r.mask is not None and r.labels is None]
     results = Parallel(n_jobs=jobs, return_as="generator")(
         delayed(_scan_one)(r, num_classes) for r in with_mask
     )
@@ -92,6 +115,16 @@ def scan_mask_classes(
     if not skipped:  # a bad file may be fixed before the next run: scan it again then
         cache.write_text(json.dumps({"config_hash": chash, "classes": classes}))
     return classes, skipped
+
+
+def _without_negatives(
+    records: list[Record], mask_classes: dict[str, tuple[int, ...]]
+) -> tuple[list[Record], int]:
+    """``records`` less the background-only images, and how many those were."""
+    # An image's classes are what its weak / val row will say: the adapter's labels, else
+    # its mask's classes.
+    kept = [r for r in records if (r.labels if r.labels is not None else mask_classes[r.id])]
+    return kept, len(records) - len(kept)
 
 
 def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -139,7 +172,7 @@ def _check_output_dir(out: Path, chash: str, overwrite: bool, config: dict) -> d
         raise UserError(f"{out}: not empty and not a ddn prepared directory; use --overwrite")
     if overwrite and old is None and out.is_dir():
         for p in out.iterdir():
-            if p.suffix == ".h5" or p.name in (MANIFEST, "splits", ".scan.json"):
+            if p.suffix == ".h5" or p.name in (MANIFEST, "splits", *SCAN_CACHES):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -203,14 +236,29 @@ def prepare(
     chash = config_hash(config)
     old = _check_output_dir(out, chash, overwrite, config)
 
-    # Which training images have which classes decides the strong set.
+    # Which training images have which classes decides the strong set (and negatives).
+    num_classes = len(ds.classes) - 1
     mask_classes, skipped = scan_mask_classes(
-        ds.train, len(ds.classes) - 1, out, chash, shards.jobs, skip_bad
+        ds.train, num_classes, out, chash, shards.jobs, skip_bad
     )
+    bad_ids = {s["id"] for s in skipped}
+    train = [r for r in ds.train if r.id not in bad_ids]
+    val = list(ds.val)
+    negatives: dict[str, Any] = {"rule": split.negatives}
+    if split.negatives == "drop":
+        # Without this scan a val mask is read only by the builder of its shard.
+        val_classes, val_skipped = scan_mask_classes(
+            ds.val, num_classes, out, chash, shards.jobs, skip_bad, SCAN_CACHES[1]
+        )
+        skipped += val_skipped
+        val_bad = {s["id"] for s in val_skipped}
+        train, dropped_train = _without_negatives(train, mask_classes)
+        val, dropped_val = _without_negatives([r for r in val if r.id not in val_bad], val_classes)
+        negatives["dropped"] = {"train": dropped_train, "val": dropped_val}
     train_ids = [r.id for r in ds.train]
     by_id = {r.id: r for r in ds.train}
     if split.strong_list:
-        strong_ids = read_strong_list(split.strong_list, train_ids, set(mask_classes))
+        strong_ids = read_strong_list(split.strong_list, train_ids, mask_classes)
         strong_report = {"rule": "list", "file": str(split.strong_list)}
     else:
         strong_ids, strong_report = select_strong(
@@ -223,20 +271,14 @@ def prepare(
         )
     if not strong_ids:
         raise UserError("no strong image: no training image has a mask with an object class")
-    bad_ids = {s["id"] for s in skipped}
-    if split.weak_from == "strong":
-        weak = [by_id[i] for i in strong_ids]
-    else:
-        weak = [r for r in ds.train if r.id not in bad_ids]
+    weak = [by_id[i] for i in strong_ids] if split.weak_from == "strong" else train
     strong = [by_id[i] for i in strong_ids]
-    val = list(ds.val)
     write_split_files(
         out, {"weak": [r.id for r in weak], "strong": strong_ids, "val": [r.id for r in val]}
     )
 
-    drop_empty = ds.name == "coco"  # COCO images without a chosen category are normal
     tasks = [
-        ShardTask(kind, i, chunk, ds.classes, chash, out, crops, skip_bad, drop_empty)
+        ShardTask(kind, i, chunk, ds.classes, chash, out, crops, skip_bad)
         for kind, recs, size in (
             ("strong", strong, shards.strong_shard_size),
             ("weak", weak, shards.shard_size),
@@ -258,6 +300,7 @@ def prepare(
             "val": len(val),
             "strong_selection": strong_report,
         },
+        "negatives": negatives,
         "proposals": crops.proposals.to_dict(),
         "shards": sorted(done.values(), key=lambda e: (e["kind"], e["index"])),
         # Images left out with --skip-bad: from the mask scan, and per shard (kept only
@@ -282,7 +325,7 @@ def prepare(
             manifest["shards"].sort(key=lambda e: (e["kind"], e["index"]))
             manifest["skipped"] += [{**b, "shard": entry["file"]} for b in bad]
             write_manifest(out, manifest)
-            progress.update(entry["images"] + len(bad) + entry.get("dropped_empty", 0))
+            progress.update(entry["images"] + len(bad))
     _drop_skipped_from_splits(out, manifest, {"weak": weak, "strong": strong, "val": val})
     manifest["complete"] = True
     write_manifest(out, manifest)

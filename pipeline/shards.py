@@ -8,6 +8,7 @@ Every shard holds, per image (N rows):
 ``images``        (N,)   vlen uint8   the original encoded file bytes (JPEG/PNG/...)
 ``image_shapes``  (N,2)  int32        height, width of the decoded image
 ``labels``        (N,C)  uint8        multi-hot image labels; column k-1 is class k
+                                      (all zero: a negative, background only)
 
 ``strong`` and ``val`` shards add ``masks`` (N,) vlen uint8: the label map as a
 single-channel PNG (0 background, k class k, 255 ignore). ``strong`` shards add the
@@ -113,6 +114,11 @@ def subset_multi_hot(labels_row: np.ndarray, bitmask: int) -> np.ndarray:
     return out
 
 
+def count_negatives(labels: np.ndarray) -> int:
+    """Rows of a (N, C) multi-hot array with no class: background-only images."""
+    return int((~np.asarray(labels).any(axis=1)).sum())
+
+
 def _vlen_bytes(f: h5py.File, name: str, items: list[bytes]) -> None:
     ds = f.create_dataset(name, (len(items),), dtype=h5py.vlen_dtype(np.uint8))
     for i, b in enumerate(items):
@@ -136,6 +142,7 @@ def write_shard(
     """
     assert kind in KINDS
     num_classes = len(classes) - 1
+    labels = np.array(images.labels, np.uint8).reshape(-1, num_classes)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
@@ -150,7 +157,6 @@ def write_shard(
             )
             _vlen_bytes(f, "images", images.encoded)
             f.create_dataset("image_shapes", data=np.array(images.shapes, np.int32).reshape(-1, 2))
-            labels = np.array(images.labels, np.uint8).reshape(-1, num_classes)
             f.create_dataset("labels", data=labels)
             if kind in ("strong", "val"):
                 _vlen_bytes(f, "masks", images.masks)
@@ -173,6 +179,7 @@ def write_shard(
         "kind": kind,
         "index": index,
         "images": len(images),
+        "negatives": count_negatives(labels),
         "crops": len(crops) if crops is not None else 0,
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),

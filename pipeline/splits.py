@@ -7,6 +7,9 @@ class has enough. A class with no image at all is skipped with a warning; a clas
 with fewer than N images is an error unless ``allow_short`` (then all of its images
 are taken). A class whose remaining images run short only because earlier classes
 already took images containing it gets what remains: those earlier picks contain it.
+
+A background-only image (its mask holds no class) is never strong, under any rule: it
+has no label subset to crop. It stays in the weak set and in val as a negative.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pipeline.imageio import read_id_list
 
 
 def parse_strong_per_class(value: str) -> int | None:
-    """'5', '10', ... -> int; 'full' -> None (every image with a mask)."""
+    """'5', '10', ... -> int; 'full' -> None (every image whose mask holds an object)."""
     if value.strip().lower() in ("full", "all"):
         return None
     try:
@@ -41,11 +44,12 @@ def select_strong(
     seed: int,
     allow_short: bool = False,
 ) -> tuple[list[str], dict]:
-    """Pick the strong images among ``ids`` (those with a mask: keys of ``mask_classes``).
+    """Pick the strong images among ``ids``: those with a mask (keys of ``mask_classes``)
+    that holds at least one class.
 
     Returns the ids in dataset order and a report for the manifest.
     """
-    eligible = [i for i in ids if i in mask_classes]
+    eligible = [i for i in ids if mask_classes.get(i)]
     if per_class is None:
         return eligible, {"rule": "full", "images": len(eligible)}
     rng = np.random.default_rng(seed)
@@ -73,15 +77,22 @@ def select_strong(
     return sorted(chosen, key=order.__getitem__), report
 
 
-def read_strong_list(path: str | Path, train_ids: Sequence[str], with_mask: set[str]) -> list[str]:
-    """A given strong list (e.g. a published split), checked against the training set."""
+def read_strong_list(
+    path: str | Path, train_ids: Sequence[str], mask_classes: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """A given strong list (e.g. a published split), checked against the training set;
+    ``mask_classes`` holds the classes of each training image that has a mask."""
     listed = read_id_list(path)
     known = set(train_ids)
     for i in listed:
         if i not in known:
             raise UserError(f"{path}: id {i!r} is not a training image of this dataset")
-        if i not in with_mask:
+        if i not in mask_classes:
             raise UserError(f"{path}: id {i!r} has no mask, so it cannot be a strong image")
+        if not mask_classes[i]:
+            raise UserError(
+                f"{path}: id {i!r} has no object (background only), so it cannot be a strong image"
+            )
     order = {i: k for k, i in enumerate(train_ids)}
     return sorted(set(listed), key=order.__getitem__)
 

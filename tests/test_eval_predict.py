@@ -24,6 +24,7 @@ from pipeline.imageio import read_id_list
 from pipeline.manifest import read_manifest
 from pipeline.prepare import ShardSettings, SplitSettings, prepare
 from pipeline.proposals import ProposalConfig
+from pipeline.readers import ValDataset
 from pipeline.shards import sha256_file
 from pipeline.synth import generate, voc_colormap
 from tests.test_inference import SIZE, contrasted_segmenter
@@ -51,6 +52,13 @@ def data(tmp_path_factory) -> dict:
     sizes = {i: (96 - 9 * k, 96 - 13 * (k % 2)) for k, i in enumerate(val_ids)}
     for image_id, (h, w) in sizes.items():
         crop_files(voc, image_id, h, w)
+    # A background-only val image (real sets have them): kept in val and scored.
+    negative = val_ids[-1]
+    png = voc / "SegmentationClass" / f"{negative}.png"
+    with Image.open(png) as im:
+        mask = np.array(im)
+    mask[mask != 255] = 0
+    Image.fromarray(mask).save(png)
     prepare(
         load_dataset("voc", root=base / "data"),
         base / "prep",
@@ -85,6 +93,7 @@ def data(tmp_path_factory) -> dict:
         "voc": voc,
         "prep": base / "prep",
         "val_ids": val_ids,
+        "negative": negative,
         "sizes": sizes,
         "classes": classes,
         "cls": cls_run,
@@ -136,6 +145,34 @@ def test_eval_json_and_saved_predictions(data, tmp_path):
     with np.load(maps / f"{overlays[0].stem}.npz") as z:
         assert z["labels"].tolist() == [1, 3]
         assert z["foreground"].shape == (2, h, w) and z["bridge"].shape == (3, h, w)
+
+
+def test_eval_scores_a_background_only_val_image(data, tmp_path):
+    neg = data["negative"]
+    item = next(x for x in ValDataset(data["prep"], "val") if x["id"] == neg)
+    assert not item["labels"].any() and set(np.unique(item["mask"]).tolist()) <= {0, 255}
+    out = tmp_path / "pred"
+    r = run(*eval_args(data, "--json", "--save-pred", out, "--overlays", "0"))
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["images"] == len(data["val_ids"]) and 0 < result["cls_map"] <= 1
+
+    def confusion(ids: list[str]) -> ConfusionMatrix:
+        cm = ConfusionMatrix(len(data["classes"]))
+        for image_id in ids:
+            gt_png = data["voc"] / "SegmentationClass" / f"{image_id}.png"
+            with Image.open(gt_png) as gt, Image.open(out / f"{image_id}.png") as pred:
+                cm.update(np.array(gt), np.array(pred))
+        return cm
+
+    # The classifier picks classes 1 and 3 on every image: on the negative image they are
+    # false positives, and its pixels count (as background) in what eval reports.
+    with Image.open(out / f"{neg}.png") as pred:
+        assert np.isin(np.array(pred), [1, 3]).any()
+    others = [i for i in data["val_ids"] if i != neg]
+    assert confusion(data["val_ids"]).pixel_accuracy() == pytest.approx(result["pixel_acc"])
+    assert confusion(others).pixel_accuracy() != pytest.approx(result["pixel_acc"])
+    assert confusion(data["val_ids"]).miou() == pytest.approx(result["miou"])
 
 
 def test_eval_text_report(data):

@@ -50,6 +50,17 @@ def test_mean_ap_leaves_out_classes_without_positives():
     assert table.splitlines()[3].split() == ["cow"]  # blank AP, not "nan"
 
 
+def test_mean_ap_counts_negative_images_against_false_positives():
+    # Row 3 is a background-only image (no label): scored high for cat, it ranks above
+    # the cat and halves cat's AP. With no positive anywhere the mean is NaN, not an error.
+    scores = np.array([[0.9, 0.2], [0.5, 0.8], [0.95, 0.1]])
+    labels = np.array([[1, 0], [0, 1], [0, 0]])
+    mean, ap = mean_average_precision(scores, labels)
+    assert ap.tolist() == [0.5, 1.0] and mean == 0.75
+    mean, ap = mean_average_precision(scores, np.zeros_like(labels))
+    assert math.isnan(mean) and np.isnan(ap).all()
+
+
 def test_lr_schedule_warmup_cosine_and_step():
     s = LRSchedule(total=110, warmup=10, decay="cosine")
     assert s(0) == pytest.approx(0.1) and s(9) == 1.0 and s(10) == 1.0

@@ -138,7 +138,9 @@ def load_coco(
     """List COCO train (``root`` + ``ann``) and optionally val (``val_root`` + ``val_ann``).
 
     ``categories`` picks a subset by name, in the given order (VOC spellings accepted);
-    objects of other categories become background. ``val_root`` defaults to ``root``.
+    objects of other categories become background. An image left with no object of a
+    chosen category (none, or only crowd regions) gets empty labels: a negative, which
+    `prepare` keeps or drops (``negatives``). ``val_root`` defaults to ``root``.
     """
     root, ann = Path(root), Path(ann)
     if not root.is_dir():

@@ -9,8 +9,9 @@ Layout (DESIGN.md, "Folder format")::
     root/splits/train.txt     optional; likewise splits/val.txt
 
 An image must carry some annotation: a mask, a labels.csv row, or both (then the row
-is authoritative for image-level labels). Without split files every image is train
-and val is empty.
+is authoritative for image-level labels). A row with no class, or a mask with only
+background and ignore, is still an annotation: the image is a negative (no object).
+Without split files every image is train and val is empty.
 """
 
 from __future__ import annotations
