@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
+from cli.main import cli
 from ddn.runs import load_models
 from ddn.train import seg as seg_module
 from ddn.train.schedule import reference_iters, segmenter_schedule
@@ -114,9 +116,28 @@ def test_segmenter_width_other_than_the_classifiers_refused(prep, cls_run, tmp_p
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_input_size_other_than_the_classifiers_refused_before_any_work(prep, cls_run, tmp_path):
+    # eval and predict run both networks at one size: a segmenter trained at 96 on a
+    # 64-px classifier (pool5 3 vs 2) would train for nothing and then fail to load.
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, [
+        "train-seg", "--data", str(prep), "--cls", str(cls_run), "--out", str(out),
+        "--input-size", "96", "--iters", "1", "--accum", "1", "--bn-batches", "0",
+        "--device", "cpu", "--workers", "0",
+    ])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert r.output.splitlines() == [
+        f"error: --input-size 96: the classifier run {cls_run} was trained at 64; the segmenter "
+        "must use the classifier's input size (eval and predict run both at one size); "
+        "leave --input-size out"
+    ]
+    assert not out.exists()
+
+
 def test_finished_run_loads_for_evaluation(prep, cls_run, tmp_path):
     out = tmp_path / "run"
-    result = train_seg(seg_config(prep, cls_run, out, iters=1, bn_batches=1))
+    # --input-size equal to the classifier's (64) is allowed, if redundant.
+    result = train_seg(seg_config(prep, cls_run, out, iters=1, bn_batches=1, input_size=64))
     models = load_models(cls_run, out)
     for key, value in result.model.state_dict().items():
         assert torch.equal(models.segmenter.state_dict()[key], value)
