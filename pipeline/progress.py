@@ -65,15 +65,15 @@ class PlainProgress:
 
 
 def progress(
-    total: int, desc: str, unit: str = "images", disable: bool = False
+    total: int, desc: str, unit: str = "images", bar_unit: str = "img", disable: bool = False
 ) -> tqdm | PlainProgress:
-    """A tqdm bar on stderr when it is a terminal, else `PlainProgress` lines there;
-    nothing at all when ``disable``.
+    """A tqdm bar on stderr (counting ``bar_unit``/s) when it is a terminal, else
+    `PlainProgress` lines there (counting ``unit``); nothing at all when ``disable``.
 
     Use it as tqdm: ``with progress(n, "prepare") as bar: ... bar.update(k)``.
     """
     if disable:
         return tqdm(total=total, disable=True)
     if is_terminal():
-        return tqdm(total=total, desc=desc, unit=f" {unit}", file=sys.stderr)
+        return tqdm(total=total, desc=desc, unit=bar_unit, file=sys.stderr)
     return PlainProgress(total, desc, unit, sys.stderr)
