@@ -104,3 +104,17 @@ def test_run_config_keeps_field_order_and_appends_the_rest(tmp_path):
     assert list(config) == ["data", "out", "iters", "seed", "trainer", "extra", "ddn_version"]
     assert config["data"] == str(Path("rel").resolve()) and config["iters"] == 7
     assert config["ddn_version"] == __version__
+
+
+# ---------------------------------------------------------------- the plan line
+
+
+def test_plan_line_on_rank_0_only(capsys):
+    plan = dict(iters=10, batch=8, accum=4, unit="crops", examples=99, schedule="constant lr")
+    loop.print_plan(DistInfo(rank=1, world_size=2), "toy", **plan)
+    assert capsys.readouterr().err == ""
+    loop.print_plan(DistInfo(rank=0, world_size=2), "toy", **plan, start=3)
+    assert capsys.readouterr().err == (
+        "toy: 10 steps of 64 crops (batch 8 x accum 4 x 2 processes), constant lr; "
+        "99 training crops; resuming after step 3\n"
+    )

@@ -48,7 +48,7 @@ def test_reference_iteration_table():
     assert segmenter_schedule(5, 1_100) == (1_100, 800)  # --iters keeps the step's share
 
 
-def test_default_iterations_come_from_the_prepared_split(prep, cls_run, tmp_path):
+def test_default_iterations_come_from_the_prepared_split(prep, cls_run, tmp_path, capsys):
     assert strong_per_class(prep, 3) == 2
     out = tmp_path / "run"
 
@@ -60,6 +60,13 @@ def test_default_iterations_come_from_the_prepared_split(prep, cls_run, tmp_path
     config = json.loads((out / "config.json").read_text())
     assert (config["iters"], config["decay_step"]) == (5_500, 4_000)  # 2/class -> the 5 row
     assert config["accum"] == 16 and config["global_batch"] == 64  # 64 / batch 4
+    # --batch 4 runs 64 crops a step: the first line says so.
+    mine = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train-seg")]
+    plan = mine[0]
+    assert plan == (
+        "train-seg: 5500 steps of 64 crops (batch 4 x accum 16 x 1 process), lr x0.1 at "
+        f"step 4000; {config['train_crops']} training crops"
+    )
     assert config["warp_size"] == 70 and config["input_size"] == 64  # round(64 * 350 / 320)
     assert config["width"] == 0.125 and config["classifier"]["arch"] == "vgg16_bn"
 

@@ -180,6 +180,38 @@ def open_metrics(
 # ---------------------------------------------------------------- progress
 
 
+def print_plan(
+    info: DistInfo,
+    trainer: str,
+    *,
+    iters: int,
+    batch: int,
+    accum: int | None,
+    unit: str,
+    examples: int,
+    schedule: str,
+    start: int = 0,
+) -> None:
+    """A trainer's first line (rank 0, stderr): the steps, what one step is, the schedule.
+
+    The effective batch is spelled out as train-seg's is not ``--batch`` (it accumulates
+    to the reference's 64). ``accum`` None: a trainer that never accumulates (train-cls).
+    """
+    if not info.is_main:
+        return
+    n = info.world_size
+    parts = [f"batch {batch}", *([f"accum {accum}"] if accum is not None else [])]
+    parts.append(f"{n} process" if n == 1 else f"{n} processes")
+    steps = f"{iters} step" if iters == 1 else f"{iters} steps"
+    line = (
+        f"{trainer}: {steps} of {batch * (accum or 1) * n} {unit} ({' x '.join(parts)}), "
+        f"{schedule}; {examples} training {unit}"
+    )
+    if start:
+        line += f"; resuming after step {start}"
+    print(line, file=sys.stderr, flush=True)
+
+
 class Progress:
     """tqdm bar (loss, lr, examples/s) and metrics.csv rows, on rank 0 only."""
 

@@ -275,6 +275,11 @@ def train_on_strong_crops(
     optimizer, scheduler, step = loop.sgd_step_decay(
         model, cfg, plan.iters, plan.decay_step, latest, device
     )
+    decay = f"lr x0.1 at step {plan.decay_step}" if plan.decay_step < plan.iters else "no lr decay"
+    loop.print_plan(
+        info, config["trainer"], iters=plan.iters, batch=cfg.batch, accum=plan.accum,
+        unit="crops", examples=n, schedule=decay, start=step,
+    )  # fmt: skip
     train_model = loop.wrap_for_training(model, info, device, cfg.compile)
     device_crops = _device_crops(cfg.crop_path, train_set, device)
     sampler = StepBatchSampler(n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info)
