@@ -56,17 +56,19 @@ def test_default_iterations_come_from_the_prepared_split(prep, cls_run, tmp_path
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_seg(seg_config(prep, cls_run, out, accum=None), on_step=stop)
+        train_seg(seg_config(prep, cls_run, out, accum=None, log_every=20), on_step=stop)
     config = json.loads((out / "config.json").read_text())
     assert (config["iters"], config["decay_step"]) == (5_500, 4_000)  # 2/class -> the 5 row
     assert config["accum"] == 16 and config["global_batch"] == 64  # 64 / batch 4
-    # --batch 4 runs 64 crops a step: the first line says so.
+    # --batch 4 runs 64 crops a step: the first line says so. The next (stderr is no
+    # terminal) follows step 1, not step --log-every.
     mine = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train-seg")]
-    plan = mine[0]
+    plan, first = mine[:2]
     assert plan == (
         "train-seg: 5500 steps of 64 crops (batch 4 x accum 16 x 1 process), lr x0.1 at "
         f"step 4000; {config['train_crops']} training crops"
     )
+    assert first.startswith("train-seg step 1/5500 ")
     assert config["warp_size"] == 70 and config["input_size"] == 64  # round(64 * 350 / 320)
     assert config["width"] == 0.125 and config["classifier"]["arch"] == "vgg16_bn"
 
