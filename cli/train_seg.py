@@ -39,8 +39,8 @@ from pipeline.errors import UserError
     "--input-size",
     type=int,
     default=None,
-    help="Crop side [default: the classifier's; --baseline: 320]; boxes are warped to "
-    "350/320 of it.",
+    help="--baseline: crop side [default: 320]. DecoupledNet crops at the classifier's input "
+    "size (any other is refused). Boxes are warped to 350/320 of it.",
 )
 @click.option(
     "--width",

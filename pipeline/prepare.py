@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from joblib import Parallel, delayed
-from tqdm import tqdm
 
 from ddn import __version__
 from pipeline.build import CropSettings, ShardTask, build_shard
 from pipeline.errors import BadInputError, UserError
 from pipeline.imageio import check_label_values, classes_in, load_label_map
 from pipeline.manifest import MANIFEST, config_hash, write_manifest
+from pipeline.progress import progress
 from pipeline.records import DatasetSplits, Record
 from pipeline.shards import FORMAT_VERSION, sha256_file
 from pipeline.splits import read_strong_list, select_strong, write_split_files
@@ -104,8 +104,9 @@ def scan_mask_classes(
         delayed(_scan_one)(r, num_classes) for r in with_mask
     )
     skipped: list[dict] = []
-    with tqdm(results, total=len(with_mask), desc="scan masks", unit="img") as bar:
-        for rid, cls, bad in bar:
+    with progress(len(with_mask), "scan masks", disable=not with_mask) as bar:
+        for rid, cls, bad in results:
+            bar.update()
             if bad is None:
                 classes[rid] = cls
             elif skip_bad:
@@ -319,13 +320,13 @@ def prepare(
     # The context manager ends the bar's line even when a task fails, so the error
     # message that follows starts on a line of its own.
     total = sum(len(t.records) for t in todo)
-    with tqdm(total=total, desc="prepare", unit="img", disable=not todo or None) as progress:
+    with progress(total, "prepare", disable=not todo) as bar:
         for entry, bad in results:
             manifest["shards"].append(entry)
             manifest["shards"].sort(key=lambda e: (e["kind"], e["index"]))
             manifest["skipped"] += [{**b, "shard": entry["file"]} for b in bad]
             write_manifest(out, manifest)
-            progress.update(entry["images"] + len(bad))
+            bar.update(entry["images"] + len(bad))
     _drop_skipped_from_splits(out, manifest, {"weak": weak, "strong": strong, "val": val})
     manifest["complete"] = True
     write_manifest(out, manifest)

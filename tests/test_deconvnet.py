@@ -105,6 +105,11 @@ def test_cli_baseline_and_argument_errors(prep, tmp_path):
     assert res.exit_code == 0, res.output
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["config"]["kind"] == "deconvnet" and saved["config"]["arch"] == ARCH
+    crops = saved["config"]["train_config"]["train_crops"]
+    assert res.output.splitlines()[0] == (  # the plan first, as train-seg's
+        f"train-deconvnet: 1 step of 2 crops (batch 2 x accum 1 x 1 process), no lr decay; "
+        f"{crops} training crops"
+    )
 
     res = runner.invoke(cli, ["train-seg", "--out", str(tmp_path / "c"), *common])
     assert res.exit_code == 2 and "--cls" in res.output

@@ -13,7 +13,7 @@ from torch import nn
 from ddn import __version__
 from ddn.train import checkpoint, loop
 from ddn.train.distributed import DistInfo
-from ddn.train.run import checkpoints, load_checkpoint
+from ddn.train.run import MetricsLog, checkpoints, load_checkpoint
 
 
 def _toy(run: Path, iters: int, every: int = 0):
@@ -104,3 +104,42 @@ def test_run_config_keeps_field_order_and_appends_the_rest(tmp_path):
     assert list(config) == ["data", "out", "iters", "seed", "trainer", "extra", "ddn_version"]
     assert config["data"] == str(Path("rel").resolve()) and config["iters"] == 7
     assert config["ddn_version"] == __version__
+
+
+# ---------------------------------------------------------------- progress and plan lines
+
+
+def _progress_lines(capsys, total: int, log_every: int, metrics=None) -> list[str]:
+    """The steps of the plain lines a run of ``total`` steps prints (stderr no terminal)."""
+    progress = loop.Progress(total, 0, metrics, DistInfo(), log_every, "toy")
+    for step in range(1, total + 1):
+        progress.step(step, step / total, 1.0, 0.1, 4)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    return [line.split()[2] for line in err.splitlines() if line.startswith("toy step")]
+
+
+def test_plain_lines_after_the_first_step_every_n_and_at_the_end(capsys):
+    assert _progress_lines(capsys, 25, 10) == ["1/25", "10/25", "20/25", "25/25"]
+
+
+def test_plain_line_when_a_minute_has_passed_and_metrics_keep_their_rows(
+    capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(loop, "PLAIN_LINE_S", 0.0)  # every step is a minute later
+    metrics = MetricsLog(tmp_path / "metrics.csv", ["step", "loss"], None)
+    assert _progress_lines(capsys, 25, 10, metrics) == [f"{s}/25" for s in range(1, 26)]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [10, 20, 25]  # as without the time rule
+
+
+def test_plan_line_on_rank_0_only(capsys):
+    plan = dict(iters=10, batch=8, accum=4, unit="crops", examples=99, schedule="constant lr")
+    loop.print_plan(DistInfo(rank=1, world_size=2), "toy", **plan)
+    assert capsys.readouterr().err == ""
+    loop.print_plan(DistInfo(rank=0, world_size=2), "toy", **plan, start=3)
+    assert capsys.readouterr().err == (
+        "toy: 10 steps of 64 crops (batch 8 x accum 4 x 2 processes), constant lr; "
+        "99 training crops; resuming after step 3\n"
+    )

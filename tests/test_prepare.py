@@ -104,6 +104,23 @@ def test_prepare_synthetic_end_to_end(synth_root, tmp_path):
     assert total == sum(s["crops"] for s in m["shards"]) > 0
 
 
+def test_progress_in_a_log_is_plain_lines(synth_root, tmp_path):
+    """stderr is no terminal here (as in a batch job's log): no tqdm frames, only lines."""
+    out = tmp_path / "prep"
+    r = prep(synth_root, out)
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.output
+    splits = read_manifest(out)["splits"]
+    lines = r.output.splitlines()
+    # Every training image's mask is scanned; all three splits are written.
+    written = splits["weak"] + splits["strong"] + splits["val"]
+    for phase, total in (("scan masks", splits["weak"]), ("prepare", written)):
+        mine = [line for line in lines if line.startswith(f"{phase}: ")]
+        assert mine[0] == f"{phase}: {total} images"
+        assert mine[-1].startswith(f"{phase}: {total}/{total} images (100%), ")
+        assert 3 <= len(mine) <= 12  # at most one a tenth, besides the first
+
+
 def test_same_output_for_any_number_of_jobs(synth_root, tmp_path):
     assert prep(synth_root, tmp_path / "a").exit_code == 0
     assert prep(synth_root, tmp_path / "b", "--jobs", "2").exit_code == 0

@@ -125,9 +125,16 @@ def test_metrics_log_the_last_step_with_plain_line_ends(prep, tmp_path):
     assert b"\r" not in text
     rows = list(csv.DictReader(text.decode().splitlines()))
     assert [int(r["step"]) for r in rows if r["loss"]] == [2, 4, 5]  # 5: the run's end
-    # No terminal here, so no tqdm bar: each logged step is a plain line instead.
-    assert [line.split()[2] for line in r.output.splitlines() if line.startswith("train-cls step")
-            ] == ["2/5", "4/5", "5/5"]  # fmt: skip
+    # No terminal here, so no tqdm bar: plain lines instead, after the first step too (a
+    # CPU step can take a minute: a log should not stay silent for --log-every of them).
+    lines = r.output.splitlines()
+    assert [line.split()[2] for line in lines if line.startswith("train-cls step")
+            ] == ["1/5", "2/5", "4/5", "5/5"]  # fmt: skip
+    images = json.loads((tmp_path / "a" / "config.json").read_text())["train_images"]
+    assert lines[0] == (  # the plan comes first
+        f"train-cls: 5 steps of 8 images (batch 8 x 1 process), cosine decay to 0; "
+        f"{images} training images"
+    )
 
 
 def test_optimizer_option_reaches_the_run(prep, tmp_path):

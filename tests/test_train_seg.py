@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
+from cli.main import cli
 from ddn.runs import load_models
 from ddn.train import seg as seg_module
 from ddn.train.schedule import reference_iters, segmenter_schedule
@@ -54,7 +56,7 @@ def test_reference_iteration_table():
     assert segmenter_schedule(5, 1_100) == (1_100, 800)  # --iters keeps the step's share
 
 
-def test_default_iterations_come_from_the_prepared_split(prep, cls_run, tmp_path):
+def test_default_iterations_come_from_the_prepared_split(prep, cls_run, tmp_path, capsys):
     assert strong_per_class(prep, 3) == 2
     out = tmp_path / "run"
 
@@ -62,10 +64,19 @@ def test_default_iterations_come_from_the_prepared_split(prep, cls_run, tmp_path
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_seg(seg_config(prep, cls_run, out, accum=None), on_step=stop)
+        train_seg(seg_config(prep, cls_run, out, accum=None, log_every=20), on_step=stop)
     config = json.loads((out / "config.json").read_text())
     assert (config["iters"], config["decay_step"]) == (5_500, 4_000)  # 2/class -> the 5 row
     assert config["accum"] == 16 and config["global_batch"] == 64  # 64 / batch 4
+    # --batch 4 runs 64 crops a step: the first line says so. The next (stderr is no
+    # terminal) follows step 1, not step --log-every.
+    mine = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train-seg")]
+    plan, first = mine[:2]
+    assert plan == (
+        "train-seg: 5500 steps of 64 crops (batch 4 x accum 16 x 1 process), lr x0.1 at "
+        f"step 4000; {config['train_crops']} training crops"
+    )
+    assert first.startswith("train-seg step 1/5500 ")
     assert config["warp_size"] == 70 and config["input_size"] == 64  # round(64 * 350 / 320)
     assert config["width"] == 0.125 and config["classifier"]["arch"] == "vgg16_bn"
 
@@ -152,9 +163,28 @@ def test_segmenter_width_other_than_the_classifiers_refused(prep, cls_run, tmp_p
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_input_size_other_than_the_classifiers_refused_before_any_work(prep, cls_run, tmp_path):
+    # eval and predict run both networks at one size: a segmenter trained at 96 on a
+    # 64-px classifier (pool5 3 vs 2) would train for nothing and then fail to load.
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, [
+        "train-seg", "--data", str(prep), "--cls", str(cls_run), "--out", str(out),
+        "--input-size", "96", "--iters", "1", "--accum", "1", "--bn-batches", "0",
+        "--device", "cpu", "--workers", "0",
+    ])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert r.output.splitlines() == [
+        f"error: --input-size 96: the classifier run {cls_run} was trained at 64; the segmenter "
+        "must use the classifier's input size (eval and predict run both at one size); "
+        "leave --input-size out"
+    ]
+    assert not out.exists()
+
+
 def test_finished_run_loads_for_evaluation(prep, cls_run, tmp_path):
     out = tmp_path / "run"
-    result = train_seg(seg_config(prep, cls_run, out, iters=1, bn_batches=1))
+    # --input-size equal to the classifier's (64) is allowed, if redundant.
+    result = train_seg(seg_config(prep, cls_run, out, iters=1, bn_batches=1, input_size=64))
     models = load_models(cls_run, out)
     for key, value in result.model.state_dict().items():
         assert torch.equal(models.segmenter.state_dict()[key], value)

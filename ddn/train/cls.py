@@ -120,6 +120,10 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
         step = checkpoint.restore_state(
             load_checkpoint(latest, device), model, optimizer, scheduler
         )
+    loop.print_plan(
+        info, "train-cls", iters=iters, batch=cfg.batch, accum=None, unit="images",
+        examples=n, schedule=_schedule(cfg.decay, warmup, milestones), start=step,
+    )  # fmt: skip
     train_model = loop.wrap_for_training(model, info, device, cfg.compile)
 
     sampler = StepBatchSampler(n, cfg.batch, 1, iters, step, cfg.seed, info)
@@ -210,6 +214,15 @@ def evaluate(
         labels.append(b["labels"])
     model.train(was_training)
     return mean_average_precision(torch.cat(scores).numpy(), torch.cat(labels).numpy())
+
+
+def _schedule(decay: str, warmup: int, milestones: tuple[int, ...]) -> str:
+    """The learning-rate schedule in words, for the plan line."""
+    if milestones:
+        after = f"lr x0.1 at step {milestones[0]}"
+    else:
+        after = "cosine decay to 0" if decay == "cosine" else "constant lr"
+    return f"{warmup} warm-up steps, then {after}" if warmup else after
 
 
 def _check(cfg: ClsConfig) -> None:

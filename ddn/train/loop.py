@@ -42,6 +42,7 @@ from ddn.train.run import (
     open_run,
 )
 from pipeline.errors import UserError
+from pipeline.progress import is_terminal
 
 StepHook = Callable[[int], None]
 R = TypeVar("R")
@@ -179,9 +180,50 @@ def open_metrics(
 
 # ---------------------------------------------------------------- progress
 
+PLAIN_LINE_S = 60.0  # in a log, a progress line at least about this often (tests shrink it)
+
+
+def print_plan(
+    info: DistInfo,
+    trainer: str,
+    *,
+    iters: int,
+    batch: int,
+    accum: int | None,
+    unit: str,
+    examples: int,
+    schedule: str,
+    start: int = 0,
+) -> None:
+    """A trainer's first line (rank 0, stderr): the steps, what one step is, the schedule.
+
+    The effective batch is spelled out as train-seg's is not ``--batch`` (it accumulates
+    to the reference's 64). ``accum`` None: a trainer that never accumulates (train-cls).
+    """
+    if not info.is_main:
+        return
+    n = info.world_size
+    parts = [f"batch {batch}", *([f"accum {accum}"] if accum is not None else [])]
+    parts.append(f"{n} process" if n == 1 else f"{n} processes")
+    steps = f"{iters} step" if iters == 1 else f"{iters} steps"
+    line = (
+        f"{trainer}: {steps} of {batch * (accum or 1) * n} {unit} ({' x '.join(parts)}), "
+        f"{schedule}; {examples} training {unit}"
+    )
+    if start:
+        line += f"; resuming after step {start}"
+    print(line, file=sys.stderr, flush=True)
+
 
 class Progress:
-    """tqdm bar (loss, lr, examples/s) and metrics.csv rows, on rank 0 only."""
+    """On rank 0: a tqdm bar (loss, lr, examples/s) on a terminal, plain lines in a log,
+    and metrics.csv rows every ``log_every`` steps and at the last.
+
+    In a log (stderr no terminal) a line follows the first step, then every
+    ``log_every`` steps or `PLAIN_LINE_S` seconds, whichever comes first: a CPU step can
+    take most of a minute, and a log silent for ``log_every`` of them looks hung. Loss and
+    examples/s are averages since the last metrics row.
+    """
 
     def __init__(
         self,
@@ -193,41 +235,48 @@ class Progress:
         desc: str,
     ) -> None:
         self.info, self.metrics, self.log_every = info, metrics, max(1, log_every)
-        self.desc = desc
+        self.total, self.desc = total, desc
+        self.plain = info.is_main and not is_terminal()
         self.bar = tqdm(
-            total=total, initial=start, desc=desc, unit="step", disable=not info.is_main or None,
-            file=sys.stderr, dynamic_ncols=True,
+            total=total, initial=start, desc=desc, unit="step",
+            disable=not info.is_main or self.plain, file=sys.stderr, dynamic_ncols=True,
         )  # fmt: skip
         self._loss_sum, self._steps, self._examples = 0.0, 0, 0
-        self._t0 = time.perf_counter()
+        self._t0 = self._line_t = time.perf_counter()
+        self._line_shown = False
         self.last: dict[str, float] = {}
 
     def step(self, step: int, epoch: int, loss: float, lr: float, examples: int) -> None:
-        """Account one optimizer step (``examples`` over all ranks); log every N steps."""
+        """Account one optimizer step (``examples`` over all ranks); log when due."""
         self._loss_sum += loss
         self._steps += 1
         self._examples += examples
         self.bar.update(1)
-        if step % self.log_every and step != self.bar.total:  # the last step is always logged
+        now = time.perf_counter()
+        row_due = step % self.log_every == 0 or step == self.total  # the last: always
+        line_due = self.plain and (
+            row_due or not self._line_shown or now - self._line_t >= PLAIN_LINE_S
+        )
+        if not (row_due or line_due):
             return
-        elapsed = time.perf_counter() - self._t0
         row = {
             "step": step, "epoch": epoch, "loss": self._loss_sum / self._steps, "lr": lr,
-            "examples_per_s": self._examples / max(elapsed, 1e-9),
+            "examples_per_s": self._examples / max(now - self._t0, 1e-9),
         }  # fmt: skip
-        self.last = row
-        self.bar.set_postfix(
-            loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", ex_s=f"{row['examples_per_s']:.1f}"
-        )
-        if self.bar.disable and self.info.is_main:
-            # No terminal (a batch job's log, a pipe): tqdm is off, so one plain line per
-            # logged step is the only sign of life.
+        if line_due:
             print(
-                f"{self.desc} step {step}/{self.bar.total} epoch {epoch:.2f} "
+                f"{self.desc} step {step}/{self.total} epoch {epoch:.2f} "
                 f"loss {row['loss']:.4f} lr {lr:.2e} ex/s {row['examples_per_s']:.1f}",
                 file=sys.stderr,
                 flush=True,
             )
+            self._line_shown, self._line_t = True, now
+        if not row_due:
+            return
+        self.last = row
+        self.bar.set_postfix(
+            loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", ex_s=f"{row['examples_per_s']:.1f}"
+        )
         if self.metrics is not None and self.info.is_main:
             self.metrics.write(row)
         self._loss_sum, self._steps, self._examples = 0.0, 0, 0

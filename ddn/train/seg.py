@@ -55,7 +55,7 @@ class SegConfig:
     data: str
     cls: str
     out: str
-    input_size: int | None = None  # None: the classifier's
+    input_size: int | None = None  # the classifier's; any other is refused
     width: float | None = None  # None: the classifier's
     batch: int = 16
     accum: int | None = None  # None: EFFECTIVE_BATCH / (batch x world size)
@@ -98,9 +98,9 @@ def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> Seg
     classifier, cls_classes, cls_config = load_classifier(cfg.cls, device)
     classifier.requires_grad_(False)
     classifier.to(memory_format=fmt)
-    input_size = cfg.input_size or int(cls_config["input_size"])
+    _check(cfg, classifier)
+    input_size = classifier.input_size
     width = cfg.width or float(cls_config["width"])
-    _check(cfg, input_size, classifier)
     warp = round(input_size * WARP_RATIO)
     train_set = CropDataset(cfg.data, warp_size=warp, crop_size=input_size, seed=cfg.seed)
     if train_set.classes != cls_classes:
@@ -330,6 +330,11 @@ def train_on_strong_crops(
     optimizer, scheduler, step = loop.sgd_step_decay(
         model, cfg, plan.iters, plan.decay_step, latest, device
     )
+    decay = f"lr x0.1 at step {plan.decay_step}" if plan.decay_step < plan.iters else "no lr decay"
+    loop.print_plan(
+        info, config["trainer"], iters=plan.iters, batch=cfg.batch, accum=plan.accum,
+        unit="crops", examples=n, schedule=decay, start=step,
+    )  # fmt: skip
     train_model = loop.wrap_for_training(model, info, device, cfg.compile)
     device_crops = _device_crops(cfg.crop_path, train_set, device)
     sampler = StepBatchSampler(n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info)
@@ -422,17 +427,23 @@ def _load_weights(model: DecoupledSegmenter, weights: str) -> None:
         raise UserError(f"{weights}: does not fit this segmenter ({detail})") from e
 
 
-def _check(cfg: SegConfig, input_size: int, classifier: Classifier) -> None:
+def _check(cfg: SegConfig, classifier: Classifier) -> None:
     if cfg.batch < 1 or (cfg.accum is not None and cfg.accum < 1):
         raise UserError("--batch and --accum must be at least 1")
     if cfg.iters is not None and cfg.iters < 1:
         raise UserError(f"--iters: must be at least 1, got {cfg.iters}")
-    if input_size % 32:
-        raise UserError(f"--input-size: must be a multiple of 32, got {input_size}")
-    if input_size // 32 < classifier.fc6_kernel:
+    if cfg.input_size is not None and cfg.input_size != classifier.input_size:
+        # eval and predict run classifier and segmenter on one input: a segmenter trained
+        # at another size (another pool5) could never be loaded beside this classifier.
         raise UserError(
-            f"--input-size {input_size}: too small for the classifier's fc6 kernel "
-            f"{classifier.fc6_kernel} (at least {32 * classifier.fc6_kernel})"
+            f"--input-size {cfg.input_size}: the classifier run {cfg.cls} was trained at "
+            f"{classifier.input_size}; the segmenter must use the classifier's input size "
+            "(eval and predict run both at one size); leave --input-size out"
+        )
+    if classifier.input_size % 32:
+        raise UserError(
+            f"{cfg.cls}: the classifier's input size {classifier.input_size} is not a "
+            "multiple of 32, which the segmenter's unpooling needs"
         )
     if cfg.bn_batches < 0:
         raise UserError(f"--bn-batches: must be at least 0, got {cfg.bn_batches}")
