@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from ddn.models import Classifier
-from ddn.train import seg as seg_module
+from ddn.train import strong as strong_module
 from ddn.train.cls import train_cls
 from ddn.train.interrupt import deferred_interrupt
 from ddn.train.run import checkpoints, load_checkpoint, load_model
@@ -125,7 +125,7 @@ def test_resume_with_other_settings_or_reuse_without_resume_refused(prep, cls_ru
 def test_non_finite_loss_stops_with_one_line_and_keeps_last_checkpoint(
     prep, cls_run, tmp_path, monkeypatch
 ):
-    real = seg_module.segmentation_loss
+    real = strong_module.segmentation_loss
     calls = []
 
     def poisoned(logits, target, *weight):
@@ -133,7 +133,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_last_checkpoint(
         loss = real(logits, target, *weight)
         return loss * float("nan") if len(calls) > 4 else loss  # step 3 (accum 2) is NaN
 
-    monkeypatch.setattr(seg_module, "segmentation_loss", poisoned)
+    monkeypatch.setattr(strong_module, "segmentation_loss", poisoned)
     out = tmp_path / "run"
     args = ["train-seg", "--data", str(prep), "--cls", str(cls_run), "--out", str(out),
             "--iters", "6", "--batch", "4", "--accum", "2", "--device", "cpu", "--workers", "0",
@@ -144,7 +144,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_last_checkpoint(
     assert len(message) == 1 and "loss is nan at step 3" in message[0]
     assert "checkpoint-2.pt" in message[0]
     assert [s for s, _ in checkpoints(out)] == [2] and not (out / "model.pt").exists()
-    monkeypatch.setattr(seg_module, "segmentation_loss", real)
+    monkeypatch.setattr(strong_module, "segmentation_loss", real)
     r = CliRunner().invoke(cli, [*args, "--resume"])
     assert r.exit_code == 0, r.output
     assert load_checkpoint(checkpoints(out)[-1][1])["step"] == 6

@@ -13,15 +13,15 @@ from torch import nn
 
 from cli.main import cli
 from ddn.runs import load_models
-from ddn.train import seg as seg_module
+from ddn.train import strong as strong_module
 from ddn.train.schedule import reference_iters, segmenter_schedule
-from ddn.train.seg import (
+from ddn.train.seg import train_seg
+from ddn.train.strong import (
     foreground_share,
     reestimate_bn,
     resolve_fg_weight,
     segmentation_loss,
     strong_per_class,
-    train_seg,
 )
 from pipeline.errors import UserError
 from pipeline.readers import CropDataset
@@ -220,8 +220,10 @@ def test_segmenter_learns(tmp_path_factory, tmp_path):
 def test_segmenter_with_shuffled_labels_fails_the_same_bar(tmp_path_factory, tmp_path, monkeypatch):
     """The negative control: targets rolled by one within the batch (each crop trained on
     another crop's mask) leave only the foreground prior to learn."""
-    real = seg_module.segmentation_loss
-    monkeypatch.setattr(seg_module, "segmentation_loss", lambda x, t, *w: real(x, t.roll(1, 0), *w))
+    real = strong_module.segmentation_loss
+    monkeypatch.setattr(
+        strong_module, "segmentation_loss", lambda x, t, *w: real(x, t.roll(1, 0), *w)
+    )
     _, cls_run = trained_classifier(tmp_path_factory)
     ratio = loss_ratio(learning_data(tmp_path_factory), cls_run, tmp_path / "run")
     assert ratio > MAX_RATIO, ratio

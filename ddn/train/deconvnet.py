@@ -27,7 +27,7 @@ from ddn.models.deconvnet import KIND, DeconvNet
 from ddn.train import loop
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run import save_model
-from ddn.train.seg import WARP_RATIO, strong_schedule, train_on_strong_crops
+from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
 from pipeline.errors import UserError
 from pipeline.readers import CropDataset
 

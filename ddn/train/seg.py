@@ -2,52 +2,30 @@
 
 Per micro-batch (DESIGN.md section 2): cls_out = classifier(images) without grad;
 f_cls = saliency(classifier, pool5, subsets) (one backward pass through the frozen
-head); logits = model(cls_out, f_cls); 2-class cross-entropy, 255 ignored. ``accum``
-micro-batches make one SGD step (lr 0.01, momentum 0.9, weight decay 5e-4, x0.1 at the
-decay step; the reference's effective batch is 64). Iterations and decay step default
-to the reference table for the prepared directory's strong split
-(`ddn.train.schedule`). At the end, BN statistics are re-estimated with a cumulative
-average over ``bn_batches`` training batches (`reestimate_bn`).
-
-Crops come from `CropDataset` through a DataLoader, or on CUDA from `DeviceCrops` (the
-whole strong set on the device, crops cut with roi_align): ``crop_path`` auto | gpu | cpu.
+head); logits = model(cls_out, f_cls); 2-class cross-entropy, 255 ignored, foreground
+pixels weighted by ``fg_weight``. The optimisation (SGD, effective batch 64, the
+reference's iteration table, BN re-estimation) is `ddn.train.strong`'s, shared with the
+DeconvNet baseline.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
 from ddn.runs import load_classifier
-from ddn.train import checkpoint, loop
-from ddn.train.distributed import DistInfo, StepBatchSampler, all_reduce_mean, barrier
-from ddn.train.gpu_crops import DeviceCrops
+from ddn.train import loop
+from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run import load_checkpoint, load_model, save_model
-from ddn.train.schedule import segmenter_schedule
-from pipeline.cropping import IGNORE
+from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
 from pipeline.errors import UserError
-from pipeline.manifest import read_manifest
 from pipeline.readers import CropDataset
 from pipeline.shards import sha256_file
-
-if TYPE_CHECKING:
-    from ddn.train.deconvnet import DeconvConfig
-
-EFFECTIVE_BATCH = 64  # the reference's 4 x 16
-FG_SAMPLES = 256  # training crops drawn to measure the foreground share (--fg-weight auto)
-MAX_AUTO_FG_WEIGHT = 10.0
-WARP_RATIO = 350 / 320  # the reference warps boxes to 350 and crops 320
-DEVICE_CROPS_MAX_SHARE = 0.25  # auto: the strong set may take this share of free GPU memory
 
 
 @dataclass
@@ -58,7 +36,7 @@ class SegConfig:
     input_size: int | None = None  # the classifier's; any other is refused
     width: float | None = None  # None: the classifier's
     batch: int = 16
-    accum: int | None = None  # None: EFFECTIVE_BATCH / (batch x world size)
+    accum: int | None = None  # None: 64 / (batch x world size)
     iters: int | None = None  # None: the reference table for the strong split
     decay_step: int | None = None  # None: the table's, scaled with iters
     lr: float = 0.01
@@ -166,209 +144,6 @@ def segment(
         return model(cls_out, sal)
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Cross-entropy averaged over the pixels that are not 255; with ``weight`` (one per
-    class), each pixel counts its class's weight, and the average is over those weights.
-
-    A crop can be all-ignore (a box entirely past the image); its loss is 0, not the
-    NaN of a mean over no pixels, which would stop the run for nothing.
-    """
-    total = F.cross_entropy(logits, target, weight, ignore_index=IGNORE, reduction="sum")
-    valid = target != IGNORE
-    if weight is None:
-        return total / valid.sum().clamp(min=1)
-    return total / weight[target[valid]].sum().clamp(min=1e-12)
-
-
-def foreground_share(dataset: CropDataset, samples: int = FG_SAMPLES, seed: int = 0) -> float:
-    """The share of labelled (not 255) pixels that are foreground (not 0) in ``samples``
-    training crops drawn with ``seed``: the figure/ground balance the segmenter sees."""
-    rng = np.random.default_rng((seed, 0xF6))
-    picks = rng.choice(len(dataset), size=min(samples, len(dataset)), replace=False)
-    fg = labelled = 0
-    for i in picks.tolist():
-        t = dataset[i]["target"].numpy()
-        valid = t != IGNORE
-        fg += int((valid & (t != 0)).sum())
-        labelled += int(valid.sum())
-    return fg / labelled if labelled else 0.5
-
-
-def resolve_fg_weight(setting: str, dataset: CropDataset, seed: int) -> tuple[float, float | None]:
-    """(weight of foreground pixels, the foreground share it came from or None).
-
-    "auto": sqrt((1 - f) / f) for a foreground share f of the crops, clipped to
-    [1, MAX_AUTO_FG_WEIGHT]; a number is taken as it is ("1" is the reference's plain
-    cross-entropy).
-    """
-    if str(setting).strip().lower() != "auto":
-        try:
-            value = float(setting)
-        except ValueError:
-            raise UserError(f"--fg-weight: expected 'auto' or a number, got {setting!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise UserError(f"--fg-weight: must be a positive number, got {setting!r}")
-        return value, None
-    share = foreground_share(dataset, seed=seed)
-    if share <= 0:
-        return 1.0, share
-    return float(np.clip(math.sqrt((1 - share) / share), 1.0, MAX_AUTO_FG_WEIGHT)), share
-
-
-@torch.no_grad()
-def reestimate_bn(
-    model: nn.Module, batches: Iterator[Any], forward: Any, info: DistInfo = DistInfo()
-) -> int:
-    """Recompute every BN layer's running statistics as a cumulative average.
-
-    Running stats are reset and momentum set to None (PyTorch's cumulative moving
-    average), then ``forward(batch)`` runs in train mode without grad over ``batches``;
-    across ranks the averages are averaged (equal batch counts: the global average).
-    Returns the number of batches used; leaves the model in eval mode.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    count = 0
-    for batch in batches:
-        forward(batch)
-        count += 1
-    for m, momentum in zip(bns, momenta, strict=True):
-        m.momentum = momentum
-        all_reduce_mean(m.running_mean, info)
-        all_reduce_mean(m.running_var, info)
-    model.eval()
-    return count
-
-
-def strong_per_class(data: Path, num_classes: int) -> int | None:
-    """The prepared directory's strong images per class (None: every mask)."""
-    manifest = read_manifest(data)
-    split = manifest.get("config", {}).get("split", {})
-    if split.get("strong_list"):  # a given list: its size per class decides
-        return max(1, round(int(manifest["splits"]["strong"]) / num_classes))
-    value = split.get("strong_per_class", 5)
-    return None if value is None else int(value)
-
-
-# ---------------------------------------------------------- shared with the DeconvNet baseline
-
-
-@dataclass(frozen=True)
-class StrongSchedule:
-    """How a segmenter run on the strong crops counts its steps (the reference's table)."""
-
-    crops: int  # one epoch
-    accum: int
-    global_batch: int  # crops per optimizer step over all ranks
-    iters: int
-    decay_step: int
-    per_class: int | None
-    world_size: int
-    fg_weight: float = 1.0  # loss weight of foreground pixels (classes other than 0)
-    fg_share: float | None = None  # the crops' foreground share it was set from ("auto")
-
-    def config(self) -> dict[str, Any]:
-        """Its config.json entries, in the order train-seg has always written them."""
-        return {
-            "accum": self.accum, "iters": self.iters, "decay_step": self.decay_step,
-            "strong_per_class": self.per_class, "world_size": self.world_size,
-            "global_batch": self.global_batch, "train_crops": self.crops,
-            "fg_weight_value": self.fg_weight, "foreground_share": self.fg_share,
-        }  # fmt: skip
-
-    def class_weight(self, num_classes: int, device: torch.device) -> Tensor | None:
-        """Per-class loss weights for a (num_classes)-way target, or None when plain."""
-        if self.fg_weight == 1.0:
-            return None
-        weight = torch.full((num_classes,), self.fg_weight, device=device)
-        weight[0] = 1.0
-        return weight
-
-
-def strong_schedule(
-    cfg: SegConfig | DeconvConfig, dataset: CropDataset, info: DistInfo
-) -> StrongSchedule:
-    """Accumulate to the reference's effective batch; iterations and decay step from its
-    table for the prepared directory's strong split, unless set."""
-    accum = cfg.accum or max(1, round(EFFECTIVE_BATCH / (cfg.batch * info.world_size)))
-    per_class = strong_per_class(Path(cfg.data), dataset.num_classes)
-    iters, decay_step = segmenter_schedule(per_class, cfg.iters)
-    global_batch = cfg.batch * accum * info.world_size
-    fg_weight, fg_share = resolve_fg_weight(cfg.fg_weight, dataset, cfg.seed)
-    return StrongSchedule(
-        len(dataset), accum, global_batch, iters, cfg.decay_step or decay_step, per_class,
-        info.world_size, fg_weight, fg_share,
-    )  # fmt: skip
-
-
-def train_on_strong_crops(
-    cfg: SegConfig | DeconvConfig,
-    info: DistInfo,
-    device: torch.device,
-    train_set: CropDataset,
-    plan: StrongSchedule,
-    config: dict[str, Any],
-    latest: Path | None,
-    model: nn.Module,
-    forward: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, Tensor]],
-    on_step: loop.StepHook | None,
-) -> None:
-    """train-seg's optimisation of ``model``, from its first weights (or ``latest``) to its
-    final BN statistics; leaves it in eval mode. The DeconvNet baseline trains through
-    this too, so that the comparison differs only in the model.
-
-    ``forward(module, batch)`` gives a micro-batch's (logits, target), trained with
-    `segmentation_loss` under SGD with one x0.1 decay. BN statistics are then averaged over
-    ``cfg.bn_batches`` batches of index stream 1: the training order (stream 0) stays the
-    same whether, and over how many batches, they are re-estimated.
-    """
-    run, n = Path(cfg.out), plan.crops
-    optimizer, scheduler, step = loop.sgd_step_decay(
-        model, cfg, plan.iters, plan.decay_step, latest, device
-    )
-    decay = f"lr x0.1 at step {plan.decay_step}" if plan.decay_step < plan.iters else "no lr decay"
-    loop.print_plan(
-        info, config["trainer"], iters=plan.iters, batch=cfg.batch, accum=plan.accum,
-        unit="crops", examples=n, schedule=decay, start=step,
-    )  # fmt: skip
-    train_model = loop.wrap_for_training(model, info, device, cfg.compile)
-    device_crops = _device_crops(cfg.crop_path, train_set, device)
-    sampler = StepBatchSampler(n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info)
-    batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
-    metrics = loop.open_metrics(run, info, step, latest)
-    progress = loop.Progress(plan.iters, step, metrics, info, cfg.log_every, config["trainer"])
-    state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, plan.global_batch, n)
-    ckpt = checkpoint.Checkpointer(run, cfg.ckpt_every, info, latest, state)
-
-    weights: dict[int, Tensor | None] = {}
-
-    def micro_loss(batch: dict[str, Tensor]) -> Tensor:
-        logits, target = forward(train_model, batch)
-        channels = logits.shape[1]
-        if channels not in weights:
-            weights[channels] = plan.class_weight(channels, logits.device)
-        return segmentation_loss(logits.float(), target, weights[channels])
-
-    model.train()
-    step = loop.train_steps(
-        train_model, micro_loss, batches, optimizer, scheduler, progress, ckpt,
-        step=step, iters=plan.iters, accum=plan.accum, global_batch=plan.global_batch,
-        epoch_size=n, on_step=on_step,
-    )  # fmt: skip
-    ckpt.maybe_save(step, force=True)
-
-    bn_steps = math.ceil(cfg.bn_batches / info.world_size)
-    if bn_steps:
-        bn_sampler = StepBatchSampler(n, cfg.batch, 1, bn_steps, 0, cfg.seed, info, stream=1)
-        bn_batches = _batches(bn_sampler, train_set, device_crops, cfg.workers, device)
-        reestimate_bn(model, bn_batches, lambda batch: forward(model, batch), info)
-    model.eval()
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -377,35 +152,6 @@ def _inputs(batch: dict[str, Tensor], device: torch.device, fmt) -> tuple[Tensor
     subsets = batch["subset"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True).long()
     return images, subsets, target
-
-
-def _batches(
-    sampler: StepBatchSampler,
-    dataset: CropDataset,
-    device_crops: DeviceCrops | None,
-    workers: int,
-    device: torch.device,
-) -> Iterator[dict[str, Tensor]]:
-    if device_crops is not None:
-        return (device_crops.batch(keys) for keys in sampler)
-    return iter(loop.make_loader(dataset, sampler, workers, device))
-
-
-def _device_crops(crop_path: str, dataset: CropDataset, device: torch.device) -> DeviceCrops | None:
-    if crop_path not in ("auto", "gpu", "cpu"):
-        raise UserError(f"--crop-path: expected auto, gpu or cpu, got {crop_path!r}")
-    if crop_path == "cpu" or (crop_path == "auto" and device.type != "cuda"):
-        return None
-    if crop_path == "auto":
-        need, free = DeviceCrops.bytes_needed(dataset), torch.cuda.mem_get_info(device)[0]
-        if need > DEVICE_CROPS_MAX_SHARE * free:
-            warnings.warn(
-                f"strong set needs {need / 2**30:.1f} GiB on the GPU ({free / 2**30:.1f} GiB "
-                "free): using the CPU DataLoader crop path",
-                stacklevel=2,
-            )
-            return None
-    return DeviceCrops(dataset, device)
 
 
 def _load_weights(model: DecoupledSegmenter, weights: str) -> None:
