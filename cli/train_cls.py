@@ -61,6 +61,12 @@ from ddn.models import ARCHS
     default="imagenet",
     help="Encoder init: imagenet (torchvision download), a .pth state dict, or none.",
 )
+@click.option(
+    "--val-every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps between validations [default: an epoch, at most 10 times a run].",
+)
 @training_options(seeds="the augmentation", compiles="the model")
 def command(**options) -> None:
     """Train the classifier (multi-label BCE) with validation mAP after every epoch.

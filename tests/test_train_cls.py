@@ -16,6 +16,7 @@ from ddn.metrics import average_precision, format_ap_table, mean_average_precisi
 from ddn.runs import load_classifier
 from ddn.train.run import MODEL, checkpoints
 from ddn.train.schedule import LRSchedule
+from pipeline.readers import WeakDataset
 from tests.trainutil import ARCH, SIZE, WIDTH, learning_data, make_prepared, trained_classifier
 
 # ---------------------------------------------------------------- metrics
@@ -156,6 +157,22 @@ def test_bad_weights_and_device_are_one_line_errors(prep, tmp_path):
     if not torch.cuda.is_available():
         r = run_cli(*tiny_args(prep, tmp_path / "b", "--iters", "1"), "--device", "cuda")
         assert r.exit_code == 2 and "no CUDA device" in r.output
+
+
+def test_validation_every_epoch_but_at_most_ten_times_a_run(prep, tmp_path):
+    def validated(out):
+        with (out / "metrics.csv").open() as f:
+            return [int(r["step"]) for r in csv.DictReader(f) if r["val_map"]]
+
+    n = len(WeakDataset(prep))
+    per_epoch = -(-n // 8)
+    assert per_epoch < 6, "the run must have more epochs than validations"
+    r = run_cli(*tiny_args(prep, tmp_path / "a", "--iters", "60"))
+    assert r.exit_code == 0, r.output
+    assert validated(tmp_path / "a") == list(range(6, 61, 6))  # 60 / 10, not every epoch
+    r = run_cli(*tiny_args(prep, tmp_path / "b", "--iters", "12", "--val-every", "5"))
+    assert r.exit_code == 0, r.output
+    assert validated(tmp_path / "b") == [5, 10, 12]
 
 
 # ---------------------------------------------------------------- learning

@@ -49,6 +49,7 @@ RUNTIME_KEYS = frozenset(
         "channels_last",
         "log_every",
         "ckpt_every",
+        "val_every",
         "crop_path",
         "out",
     }
