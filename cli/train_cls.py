@@ -51,6 +51,13 @@ from ddn.models import ARCHS
     help="After warm-up: cosine to 0, or x0.1 at 2/3 of the run.",
 )
 @click.option(
+    "--pos-weight",
+    default="auto",
+    help="BCE weight of each class's positive images: 'auto' sets it from the class's "
+    "share f of the training images as sqrt((1-f)/f), in [1, 10]; 1 is the reference's "
+    "plain loss.",
+)
+@click.option(
     "--pad-square/--no-pad-square",
     default=True,
     help="Random crops of the image zero-padded to a square, the view the classifier gets "

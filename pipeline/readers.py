@@ -258,6 +258,13 @@ class WeakDataset(_ShardDataset):
         self.size, self.train, self.seed = size, train, seed
         self.pad_square = pad_square
 
+    def label_counts(self) -> np.ndarray:
+        """(C,) number of images that hold each class."""
+        counts = np.zeros(self.num_classes, np.int64)
+        for shard in range(len(self.shards.files)):
+            counts += self.shards.columns(shard)["labels"].sum(0, dtype=np.int64)
+        return counts
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)
         shard, row = self.shards.locate(index)

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from cli.main import cli
 from ddn.metrics import average_precision, format_ap_table, mean_average_precision
 from ddn.runs import load_classifier
+from ddn.train.balance import balance_weight
+from ddn.train.cls import class_pos_weights, classification_loss
 from ddn.train.run import MODEL, checkpoints
 from ddn.train.schedule import LRSchedule
 from pipeline.readers import WeakDataset
@@ -157,6 +159,34 @@ def test_bad_weights_and_device_are_one_line_errors(prep, tmp_path):
     if not torch.cuda.is_available():
         r = run_cli(*tiny_args(prep, tmp_path / "b", "--iters", "1"), "--device", "cuda")
         assert r.exit_code == 2 and "no CUDA device" in r.output
+
+
+def test_auto_pos_weight_follows_each_class_share_of_the_weak_set(prep, tmp_path):
+    weak = WeakDataset(prep)
+    counts = weak.label_counts()
+    labels = np.stack([weak[i]["labels"].numpy() for i in range(len(weak))])
+    np.testing.assert_array_equal(counts, labels.sum(0))
+    weights = class_pos_weights("auto", weak)
+    expected = [balance_weight(c / len(weak)) for c in counts]
+    np.testing.assert_allclose(weights.numpy(), expected)
+    assert class_pos_weights("1", weak).tolist() == [1.0] * len(counts)
+    r = run_cli(*tiny_args(prep, tmp_path / "a", "--iters", "1"))
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["pos_weight"] == "auto"
+    np.testing.assert_allclose(config["pos_weight_values"], expected, atol=1e-4)
+    r = run_cli(*tiny_args(prep, tmp_path / "b", "--iters", "1", "--pos-weight", "zero"))
+    assert r.exit_code == 2 and "--pos-weight" in r.output
+
+
+def test_pos_weight_scales_the_positive_term_only():
+    logits, labels = torch.tensor([[0.3, -1.2]]), torch.tensor([[1.0, 0.0]])
+    plain = classification_loss(logits, labels)
+    weighted = classification_loss(logits, labels, torch.tensor([3.0, 3.0]))
+    positive = -torch.nn.functional.logsigmoid(torch.tensor(0.3))
+    negative = -torch.nn.functional.logsigmoid(torch.tensor(1.2))
+    assert plain == pytest.approx(float((positive + negative) / 2))
+    assert weighted == pytest.approx(float((3 * positive + negative) / 2))
 
 
 def test_validation_every_epoch_but_at_most_ten_times_a_run(prep, tmp_path):

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from ddn.metrics import mean_average_precision
 from ddn.models import Classifier, normalize
 from ddn.train import checkpoint, loop
+from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
 from ddn.train.run import load_checkpoint, save_model
 from ddn.train.schedule import LRSchedule
@@ -57,6 +58,7 @@ class ClsConfig:
     optimizer: str = "sgd"  # sgd (the reference) | adamw (tiny models from scratch)
     warmup: int | None = None  # steps; None: min(500, iters // 10)
     decay: str = "cosine"
+    pos_weight: str = "auto"  # BCE weight of a class's positives; "1": the reference
     pad_square: bool = True  # random crops of the zero-padded square, as at inference
     weights: str = "imagenet"
     device: str = "auto"
@@ -105,12 +107,14 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     iters = cfg.iters if cfg.iters is not None else max(1, round(cfg.epochs * n / global_batch))
     warmup = cfg.warmup if cfg.warmup is not None else min(MAX_WARMUP, iters // 10)
     milestones = (round(iters * STEP_DECAY_AT),) if cfg.decay == "step" else ()
+    pos_weight = class_pos_weights(cfg.pos_weight, train_set)
     val_every = cfg.val_every or max(
         math.ceil(n / global_batch), math.ceil(iters / MAX_VALIDATIONS)
     )
     config = loop.run_config(
         cfg, "train-cls", iters=iters, warmup=warmup, milestones=list(milestones),
-        val_every=val_every, world_size=info.world_size, global_batch=global_batch, train_images=n,
+        val_every=val_every, pos_weight_values=[round(w, 4) for w in pos_weight.tolist()],
+        world_size=info.world_size, global_batch=global_batch, train_images=n,
         classes=classes, num_classes=len(classes),
     )  # fmt: skip
     latest = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
@@ -143,6 +147,7 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, global_batch, n)
     ckpt = checkpoint.Checkpointer(run, cfg.ckpt_every, info, latest, state)
     result = ClsResult(model, run, classes)
+    pos_weight_t = pos_weight.to(device)
 
     def micro_loss(batch: dict[str, Tensor]) -> Tensor:
         images = normalize(batch["image"].to(device, non_blocking=True))
@@ -150,7 +155,7 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
         labels = batch["labels"].to(device, non_blocking=True)
         with loop.autocast(device, cfg.amp):
             out = train_model(images)
-        return classification_loss(out.logits.float(), labels)
+        return classification_loss(out.logits.float(), labels, pos_weight_t)
 
     def validate(step: int) -> None:
         if info.is_main and val_set is not None:
@@ -195,9 +200,22 @@ def make_optimizer(cfg: ClsConfig, model: Classifier) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Multi-label sigmoid cross-entropy (the reference's loss for the classifier)."""
-    return F.binary_cross_entropy_with_logits(logits, labels)
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-label sigmoid cross-entropy (the reference's loss for the classifier), each
+    class's positive term weighted by ``pos_weight`` (C,) when given."""
+    return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+
+
+def class_pos_weights(setting: str, dataset: WeakDataset) -> torch.Tensor:
+    """(C,) weights of each class's positives: "auto" from its share of the training
+    images (`ddn.train.balance.balance_weight`), or one number for every class."""
+    value = parse_weight(setting, "--pos-weight")
+    if value is not None:
+        return torch.full((dataset.num_classes,), value)
+    shares = dataset.label_counts() / max(1, len(dataset))
+    return torch.tensor([balance_weight(float(f)) for f in shares])
 
 
 @torch.no_grad()

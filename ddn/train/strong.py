@@ -7,14 +7,12 @@ for the strong split with one x0.1 decay (`StrongSchedule`), a cross-entropy tha
 255 (`segmentation_loss`), and BN statistics re-estimated at the end (`reestimate_bn`).
 
 Foreground weight (``fg_weight``). Objects often cover a small share f of the crops'
-labelled pixels (11% on street photographs). With a plain cross-entropy a segmenter
-trained for a short budget stays near that prior: its foreground probability on object
-pixels stayed under 0.5 and nothing was labelled. Weighting foreground pixels by w moves
-the decision point from p = 0.5 to p = 1 / (1 + w). "auto" uses w = sqrt((1 - f) / f): the
-geometric mean between the plain loss (w = 1, threshold 0.5) and full balancing (w = (1 -
-f) / f, threshold f, which labels every pixel whose odds beat the prior and over-segments);
-at f = 0.11 it gives w = 2.8, a threshold of 0.26. "1" is the reference's plain loss. The
-DeconvNet baseline gets the same weight on every object class, measured the same way.
+labelled pixels (11% on street photographs), and a segmenter trained for a short budget
+with a plain cross-entropy stays near that prior: its foreground probability on object
+pixels stayed under 0.5 and nothing was labelled. "auto" weights foreground pixels by
+`ddn.train.balance.balance_weight` (sqrt((1 - f) / f): 2.8 at f = 0.11); "1" is the
+reference's plain loss. The DeconvNet baseline gets the same weight on every object
+class, measured the same way.
 
 Crops come from `CropDataset` through a DataLoader, or on CUDA from `DeviceCrops` (the
 whole strong set on the device, crops cut with roi_align): ``crop_path`` auto | gpu | cpu.
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddn.train import checkpoint, loop
+from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.distributed import DistInfo, StepBatchSampler, all_reduce_mean
 from ddn.train.gpu_crops import DeviceCrops
 from ddn.train.schedule import segmenter_schedule
@@ -46,7 +45,6 @@ from pipeline.readers import CropDataset
 EFFECTIVE_BATCH = 64  # the reference's 4 x 16
 WARP_RATIO = 350 / 320  # the reference warps boxes to 350 and crops 320
 FG_SAMPLES = 256  # training crops drawn to measure the foreground share (fg_weight "auto")
-MAX_AUTO_FG_WEIGHT = 10.0
 DEVICE_CROPS_MAX_SHARE = 0.25  # auto: the strong set may take this share of free GPU memory
 
 
@@ -103,22 +101,14 @@ def foreground_share(dataset: CropDataset, samples: int = FG_SAMPLES, seed: int 
 def resolve_fg_weight(setting: str, dataset: CropDataset, seed: int) -> tuple[float, float | None]:
     """(weight of foreground pixels, the foreground share it came from or None).
 
-    "auto": sqrt((1 - f) / f) for a foreground share f of the crops, clipped to
-    [1, MAX_AUTO_FG_WEIGHT]; a number is taken as it is ("1" is the reference's plain
-    cross-entropy).
+    "auto": `ddn.train.balance.balance_weight` of the crops' foreground share; a number is
+    taken as it is ("1" is the reference's plain cross-entropy).
     """
-    if str(setting).strip().lower() != "auto":
-        try:
-            value = float(setting)
-        except ValueError:
-            raise UserError(f"--fg-weight: expected 'auto' or a number, got {setting!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise UserError(f"--fg-weight: must be a positive number, got {setting!r}")
+    value = parse_weight(setting, "--fg-weight")
+    if value is not None:
         return value, None
     share = foreground_share(dataset, seed=seed)
-    if share <= 0:
-        return 1.0, share
-    return float(np.clip(math.sqrt((1 - share) / share), 1.0, MAX_AUTO_FG_WEIGHT)), share
+    return balance_weight(share), share
 
 
 @torch.no_grad()
