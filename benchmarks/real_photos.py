@@ -50,8 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", type=Path, default=SHARED / "data" / "msrc_things")
     p.add_argument("--ann", type=Path, help="coco: the train instances json.")
     p.add_argument("--val-ann", type=Path, help="coco: the val instances json.")
-    p.add_argument("--weights", type=Path,
-                   default=SHARED / "weights" / "vgg16_imagenet_features.pth")  # fmt: skip
+    p.add_argument("--weights", default=str(SHARED / "weights" / "vgg16_imagenet_features.pth"),
+                   help="Encoder init of the classifiers and DeconvNet: a .pth, imagenet "
+                   "or none.")  # fmt: skip
+    p.add_argument("--arch", default="vgg16", choices=("vgg16", "vgg16_bn"))
+    p.add_argument("--width", type=float, default=1.0, help="VGG-16 channel fraction.")
     p.add_argument("--per-class", default="5", help="Comma-separated strong counts.")
     p.add_argument("--methods", default=",".join(METHODS), help="Comma-separated rows to run.")
     p.add_argument("--input-size", type=int, default=128)
@@ -113,13 +116,15 @@ def _dataset_args(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    for path in (args.root, args.weights):
+    weights_file = args.weights not in ("imagenet", "none")
+    for path in (args.root, *([Path(args.weights)] if weights_file else [])):
         if not path.exists():
             sys.exit(f"{path}: not found (the real photographs and weights live in ../shared)")
     out: Path = args.out.resolve()
     ddn = Runner()
     common = ["--device", args.device, "--workers", str(args.workers), "--seed", str(args.seed)]
     size = ["--input-size", str(args.input_size)]
+    net = ["--arch", args.arch, "--width", str(args.width), "--weights", str(args.weights)]
     seg_steps = ["--batch", str(args.seg_batch), "--accum", "1", "--iters", str(args.seg_iters),
                  "--bn-batches", "20", *shlex.split(args.seg_args)]  # fmt: skip
 
@@ -133,8 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def classifier(prep: Path, run_dir: Path) -> Path:
         if not (run_dir / "model.pt").is_file():
-            ddn(["train-cls", "--data", str(prep), "--out", str(run_dir),
-                 "--weights", str(args.weights), *size, "--batch", str(args.cls_batch),
+            ddn(["train-cls", "--data", str(prep), "--out", str(run_dir), *net, *size,
+                 "--batch", str(args.cls_batch),
                  "--iters", str(args.cls_iters), *shlex.split(args.cls_args), *common,
                  *_resume(run_dir)])  # fmt: skip
         return run_dir
@@ -171,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seg = out / f"deconvnet-{count}"
             if not (seg / "model.pt").is_file():
                 ddn(["train-seg", "--baseline", "deconvnet", "--data", str(prep_all),
-                     "--out", str(seg), "--weights", str(args.weights), *size, *seg_steps,
+                     "--out", str(seg), *net, *size, *seg_steps,
                      *common, *_resume(seg)])  # fmt: skip
             cell["DeconvNet"] = evaluate(prep_all, seg, None, f"deconvnet-{count}")
         results[count] = cell
@@ -190,8 +195,8 @@ def summarize(
         if "DecoupledNet" not in miou:
             continue
         decoupled = cell["DecoupledNet"]
-        if decoupled["miou_objects"] == 0:
-            failures.append(f"{count}/class: DecoupledNet labels no object pixel correctly")
+        if not decoupled["miou_objects"]:
+            failures.append(f"{count}/class: DecoupledNet labels no object pixel")
         for other, key, target in (
             ("DeconvNet", "over_deconvnet", args.min_deconvnet_margin),
             ("DecoupledNet-Str", "over_str", args.min_str_margin),
@@ -201,9 +206,13 @@ def summarize(
                 margins[count][key] = margin
                 if margin < target:
                     failures.append(f"{count}/class: DecoupledNet - {other} = {margin} < {target}")
+    # A model that labels no object pixel scores background IoU / (C+1): name such cells.
+    no_objects = [f"{m} at {count}/class" for count, cell in results.items()
+                  for m, r in cell.items() if not r["miou_objects"]]  # fmt: skip
     return {
         "results": results,
         "margins": margins,
+        "no_object_pixels": no_objects,
         "failures": failures,
         "targets_met": not failures,
         "setting": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -235,6 +244,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += ["| command | seconds |", "|---|---|"]
     lines += [f"| `{c['command']}` | {c['seconds']} |" for c in summary["commands"]]
     lines += ["", f"Total {summary['seconds'] / 60:.1f} min of commands run this time."]
+    if summary["no_object_pixels"]:
+        lines += ["", "No object pixel labelled: " + ", ".join(summary["no_object_pixels"])]
     if summary["failures"]:
         lines += ["", "Targets missed: " + "; ".join(summary["failures"])]
     return "\n".join(lines) + "\n"
