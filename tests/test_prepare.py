@@ -18,7 +18,7 @@ from cli.main import cli
 from pipeline.cropping import warp_example
 from pipeline.imageio import decode_image, decode_label_png
 from pipeline.manifest import read_manifest, shard_paths
-from pipeline.shards import subset_classes
+from pipeline.shards import ORIGIN_WHOLE, subset_classes
 
 FAST = [
     "--dataset",
@@ -96,10 +96,14 @@ def test_prepare_synthetic_end_to_end(synth_root, tmp_path):
                     & (ys < np.ceil(y1))
                 )
                 assert inside.mean() >= 0.95 - 1e-6  # the "enclose" rule
-            # N_p per subset: every (image, subset) pair has exactly --proposals boxes
+            # N_p per subset: every (image, subset) pair has exactly --proposals boxes,
+            # plus (--whole-image, the default) one padded-image square
             pairs = np.stack([f["crop_image"][()], f["crop_subset"][()].astype(np.int64)], 1)
-            _, counts = np.unique(pairs, axis=0, return_counts=True)
+            origin = f["crop_origin"][()]
+            _, counts = np.unique(pairs[origin != ORIGIN_WHOLE], axis=0, return_counts=True)
             assert (counts == 12).all()
+            _, wholes = np.unique(pairs[origin == ORIGIN_WHOLE], axis=0, return_counts=True)
+            assert len(wholes) == len(counts) and (wholes == 1).all()
             total += len(f["crop_image"])
     assert total == sum(s["crops"] for s in m["shards"]) > 0
 
