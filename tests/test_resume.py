@@ -91,11 +91,17 @@ def test_ctrl_c_inside_a_forward_pass_still_resumes_bit_identical(prep, tmp_path
 
 
 def test_ctrl_c_waits_for_the_optimizer_step_to_finish():
-    with pytest.raises(KeyboardInterrupt), deferred_interrupt():
-        signal.raise_signal(signal.SIGINT)
-        finished = True  # reached: the interrupt is held until the block ends
-    assert finished
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # Python's own handler, as in a terminal: a suite started in the background
+    # (`nohup ... &`) inherits SIGINT ignored, and the test must not depend on that.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred_interrupt():
+            signal.raise_signal(signal.SIGINT)
+            finished = True  # reached: the interrupt is held until the block ends
+        assert finished
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_segmenter_resume_is_bit_identical(prep, cls_run, tmp_path):
