@@ -69,8 +69,15 @@ from pipeline.errors import UserError
     default=None,
     help="Step of the x0.1 decay [default: the reference's, scaled].",
 )
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "adamw"]),
+    default="sgd",
+    help="sgd with momentum (the reference) or adamw (tiny models from scratch, e.g. the "
+    "demo's, learn faster with it; pass a smaller --lr, e.g. 1e-3).",
+)
 @click.option("--lr", default=0.01)
-@click.option("--momentum", default=0.9)
+@click.option("--momentum", default=0.9, help="SGD only.")
 @click.option("--weight-decay", default=5e-4)
 @click.option(
     "--fg-weight",

@@ -45,6 +45,7 @@ class DeconvConfig:
     accum: int | None = None  # None: EFFECTIVE_BATCH / (batch x world size)
     iters: int | None = None  # None: the reference table for the strong split
     decay_step: int | None = None  # None: the table's, scaled with iters
+    optimizer: str = "sgd"  # sgd (the reference) | adamw
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -128,5 +129,7 @@ def _check(cfg: DeconvConfig) -> None:
         raise UserError(f"--input-size: must be a positive multiple of 32, got {cfg.input_size}")
     if cfg.bn_batches < 0:
         raise UserError(f"--bn-batches: must be at least 0, got {cfg.bn_batches}")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise UserError(f"--optimizer: expected sgd or adamw, got {cfg.optimizer!r}")
     if not math.isfinite(cfg.lr) or cfg.lr <= 0:
         raise UserError(f"--lr: must be a positive number, got {cfg.lr}")

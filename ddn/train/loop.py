@@ -356,7 +356,7 @@ def train_steps(
     return step
 
 
-def sgd_step_decay(
+def strong_optimizer(
     model: nn.Module,
     cfg: Any,
     iters: int,
@@ -364,17 +364,22 @@ def sgd_step_decay(
     latest: Path | None,
     device: torch.device,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, int]:
-    """The reference segmenter optimiser (SGD, one x0.1 decay), restored from ``latest``.
+    """The segmenter optimiser, one x0.1 decay at ``decay_step``, restored from ``latest``.
 
-    Shared by train-seg and the DeconvNet baseline so both train under the same recipe.
-    Returns the optimiser, its scheduler and the step to continue from.
+    ``cfg.optimizer``: "sgd" with momentum (the reference), or "adamw" (a tiny segmenter
+    trained from scratch in a few hundred steps; ``momentum`` is then unused). Shared by
+    train-seg and the DeconvNet baseline so both train under the same recipe. Returns
+    the optimiser, its scheduler and the step to continue from.
     """
     from ddn.train.run import load_checkpoint
     from ddn.train.schedule import LRSchedule
 
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    params, lr, decay = model.parameters(), cfg.lr, cfg.weight_decay
+    optimizer: torch.optim.Optimizer
+    if getattr(cfg, "optimizer", "sgd") == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(iters, 0, "step", (decay_step,), gamma=0.1)
     )

@@ -39,6 +39,7 @@ class SegConfig:
     accum: int | None = None  # None: 64 / (batch x world size)
     iters: int | None = None  # None: the reference table for the strong split
     decay_step: int | None = None  # None: the table's, scaled with iters
+    optimizer: str = "sgd"  # sgd (the reference) | adamw
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -200,5 +201,7 @@ def _check(cfg: SegConfig, classifier: Classifier) -> None:
             f"--width {cfg.width}: the segmenter unpools with the classifier's switches, so "
             f"its width must be the classifier's ({classifier.width}); leave --width out"
         )
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise UserError(f"--optimizer: expected sgd or adamw, got {cfg.optimizer!r}")
     if not math.isfinite(cfg.lr) or cfg.lr <= 0:
         raise UserError(f"--lr: must be a positive number, got {cfg.lr}")

@@ -58,6 +58,7 @@ class StrongConfig(Protocol):
     iters: int | None
     decay_step: int | None
     lr: float
+    optimizer: str
     momentum: float
     weight_decay: float
     fg_weight: str
@@ -213,12 +214,12 @@ def train_on_strong_crops(
     this too, so that the comparison differs only in the model.
 
     ``forward(module, batch)`` gives a micro-batch's (logits, target), trained with
-    `segmentation_loss` under SGD with one x0.1 decay. BN statistics are then averaged over
-    ``cfg.bn_batches`` batches of index stream 1: the training order (stream 0) stays the
-    same whether, and over how many batches, they are re-estimated.
+    `segmentation_loss` under SGD (or AdamW) with one x0.1 decay. BN statistics are then
+    averaged over ``cfg.bn_batches`` batches of index stream 1: the training order (stream
+    0) stays the same whether, and over how many batches, they are re-estimated.
     """
     run, n = Path(cfg.out), plan.crops
-    optimizer, scheduler, step = loop.sgd_step_decay(
+    optimizer, scheduler, step = loop.strong_optimizer(
         model, cfg, plan.iters, plan.decay_step, latest, device
     )
     decay = f"lr x0.1 at step {plan.decay_step}" if plan.decay_step < plan.iters else "no lr decay"
