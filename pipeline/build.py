@@ -168,6 +168,7 @@ def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
             images,
             crops,
             materialize,
+            skipped,
         )
     except OSError as e:
         raise UserError(f"{task.path}: cannot write shard ({e.strerror or e})") from None

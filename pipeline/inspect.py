@@ -8,6 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.integrity import verify_shards
 from pipeline.manifest import read_manifest
 from pipeline.object_scale import format_object_scale, object_scale
 from pipeline.shards import count_negatives, open_shard
@@ -25,6 +26,7 @@ def summarize(prepared: Path) -> dict[str, Any]:
     """Counts and sizes of a prepared directory (the object `ddn inspect --json` prints)."""
     m = read_manifest(prepared, require_complete=False)
     shards = m["shards"]
+    verify_shards(prepared, shards)  # a damaged shard stops here, with its name
 
     def count(kind: str, key: str) -> int:
         return sum(s[key] for s in shards if s["kind"] == kind)
@@ -34,7 +36,7 @@ def summarize(prepared: Path) -> dict[str, Any]:
 
     return {
         "path": str(prepared),
-        "dataset": m["config"]["dataset"]["name"],
+        "dataset": m.get("config", {}).get("dataset", {}).get("name"),
         "classes": m["classes"],
         "weak_images": count("weak", "images"),
         "weak_negatives": negatives("weak"),
@@ -47,11 +49,14 @@ def summarize(prepared: Path) -> dict[str, Any]:
         "bytes": sum(s["bytes"] for s in shards),
         "shards": len(shards),
         "complete": bool(m.get("complete")),
+        # Every listed shard's size and sha256 matched the manifest (it is checked above;
+        # a mismatch is an error, not a summary).
+        "verified": True,
         "skipped": len(m.get("skipped", [])),
         "warnings": m.get("warnings", []),
-        "strong_selection": m["splits"].get("strong_selection", {}).get("rule"),
+        "strong_selection": m.get("splits", {}).get("strong_selection", {}).get("rule"),
         "proposals": m.get("proposals", {}).get("method"),
-        "config_hash": m["config_hash"],
+        "config_hash": m.get("config_hash"),
         # The segmenter's training crops against what inference shows it (sampled).
         "object_scale": object_scale(prepared) if m.get("complete") else None,
     }
@@ -60,7 +65,8 @@ def summarize(prepared: Path) -> dict[str, Any]:
 def format_summary(s: dict[str, Any]) -> str:
     per_crop = s["bytes"] / s["crops"] if s["crops"] else 0.0
     lines = [
-        f"{s['path']}  ({s['dataset']}, {'complete' if s['complete'] else 'INCOMPLETE'})",
+        f"{s['path']}  ({s['dataset']}, {'complete' if s['complete'] else 'INCOMPLETE'}"
+        f"{', shards verified' if s.get('verified') else ''})",
         f"  classes        {len(s['classes']) - 1} + background: " + ", ".join(s["classes"][1:]),
         f"  weak images    {s['weak_images']}{_no_object(s['weak_negatives'])}",
         f"  strong images  {s['strong_images']}  (selection: {s['strong_selection']})",

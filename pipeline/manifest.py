@@ -44,17 +44,46 @@ def read_manifest(out: Path, *, require_complete: bool = True) -> dict[str, Any]
         raise UserError(f"{path}: not found; is {out} a directory made by `ddn prepare`?")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable manifest ({e})") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the manifest ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: damaged manifest (not valid JSON); {REBUILD}") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if isinstance(version, int) and version != FORMAT_VERSION:
         raise UserError(
             f"{path}: written by format version {version}, this ddn reads version "
             f"{FORMAT_VERSION}; re-run `ddn prepare --overwrite`"
         )
+    problem = malformed(manifest)
+    if problem:
+        raise UserError(f"{path}: damaged manifest ({problem}); {REBUILD}")
     if require_complete and not manifest.get("complete"):
         raise UserError(f"{path}: preparation did not finish; re-run the same `ddn prepare`")
     return manifest
+
+
+REBUILD = "re-running the same `ddn prepare` command rebuilds it from the shards"
+_ENTRY_KEYS = {"file": str, "kind": str, "index": int, "images": int, "crops": int,
+    "bytes": int, "sha256": str}  # fmt: skip
+
+
+def malformed(manifest: Any) -> str | None:
+    """What makes ``manifest`` unusable, or None: the keys the readers rely on."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return "no format_version"
+    for key, kind in (("classes", list), ("shards", list)):
+        if not isinstance(manifest.get(key), kind):
+            return f"'{key}' missing or not a {kind.__name__}"
+    for entry in manifest["shards"]:
+        if not isinstance(entry, dict) or any(
+            not isinstance(entry.get(k), t) for k, t in _ENTRY_KEYS.items()
+        ):
+            return f"a shard entry lacks one of {', '.join(_ENTRY_KEYS)}"
+        if "/" in entry["file"] or "\\" in entry["file"] or entry["file"].startswith("."):
+            return f"shard entry {entry['file']!r} is not a file name"
+    return None
 
 
 def shard_paths(out: Path, manifest: dict[str, Any], kind: str) -> list[Path]:

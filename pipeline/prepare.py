@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from ddn import __version__
 from pipeline.build import CropSettings, ShardTask, build_shard
 from pipeline.errors import BadInputError, UserError
 from pipeline.imageio import check_label_values, classes_in, load_label_map
-from pipeline.manifest import MANIFEST, config_hash, write_manifest
+from pipeline.manifest import config_hash, write_manifest
+from pipeline.output_dir import SCAN_CACHES, check_output_dir, finished_shards
 from pipeline.progress import progress
 from pipeline.records import DatasetSplits, Record
 from pipeline.shards import FORMAT_VERSION, sha256_file
@@ -70,9 +70,6 @@ def _scan_one(rec: Record, num_classes: int) -> tuple[str, tuple[int, ...] | Non
         return rec.id, classes_in(labels), None
     except BadInputError as e:
         return rec.id, None, {"id": rec.id, "file": e.path, "reason": e.reason}
-
-
-SCAN_CACHES = (".scan.json", ".scan-val.json")  # train, val
 
 
 def scan_mask_classes(
@@ -128,75 +125,6 @@ def _without_negatives(
     return kept, len(records) - len(kept)
 
 
-def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the settings that differ between two config dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [name for k in sorted(set(old) | set(new), key=str)
-                for name in _changed(old.get(k), new.get(k), f"{prefix}{k}.")]  # fmt: skip
-    return [] if old == new else [prefix.rstrip(".")]
-
-
-def _check_output_dir(out: Path, chash: str, overwrite: bool, config: dict) -> dict | None:
-    """The manifest to resume from, or None for a fresh start; refuses mixing configs."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    manifest_path = out / MANIFEST
-    old = None
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        same = old.get("format_version") == FORMAT_VERSION and old.get("config_hash") == chash
-        if not same and not overwrite:
-            why = (
-                f"format version {old.get('format_version')} (this ddn writes {FORMAT_VERSION})"
-                if old.get("format_version") != FORMAT_VERSION
-                else "a different configuration"
-            )
-            changed = [
-                "the image listing" if c == "listing_sha256" else c
-                for c in _changed(old.get("config"), config)
-            ]
-            if changed and old.get("format_version") == FORMAT_VERSION:
-                why += f" (changed: {', '.join(changed[:5])})"
-            raise UserError(
-                f"{out}: already prepared with {why}; use another directory or --overwrite"
-            )
-        if not same:
-            old = None
-    elif (
-        out.is_dir()
-        and not overwrite
-        and any(p for p in out.iterdir() if not p.name.startswith("."))
-    ):
-        raise UserError(f"{out}: not empty and not a ddn prepared directory; use --overwrite")
-    if overwrite and old is None and out.is_dir():
-        for p in out.iterdir():
-            if p.suffix == ".h5" or p.name in (MANIFEST, "splits", *SCAN_CACHES):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"{out}: cannot write here ({e.strerror or e})") from None
-    for tmp in out.glob(".*.tmp"):  # left by an interrupted run; never valid
-        tmp.unlink()
-    return old
-
-
-def _finished(out: Path, old: dict | None) -> dict[str, dict]:
-    """Shards of a previous run that are listed and intact (size and sha256 match)."""
-    done = {}
-    for entry in (old or {}).get("shards", []):
-        p = out / entry["file"]
-        if p.is_file() and p.stat().st_size == entry["bytes"] and sha256_file(p) == entry["sha256"]:
-            done[entry["file"]] = entry
-    return done
-
-
 def _chunks(records: list[Record], size: int) -> list[list[Record]]:
     return [records[i : i + size] for i in range(0, len(records), size)]
 
@@ -235,7 +163,7 @@ def prepare(
             raise UserError(f"{split.strong_list}: strong list file not found")
         config["split"]["strong_list_sha256"] = sha256_file(Path(split.strong_list))
     chash = config_hash(config)
-    old = _check_output_dir(out, chash, overwrite, config)
+    old = check_output_dir(out, chash, overwrite, config)
 
     # Which training images have which classes decides the strong set (and negatives).
     num_classes = len(ds.classes) - 1
@@ -287,7 +215,7 @@ def prepare(
         )
         for i, chunk in enumerate(_chunks(recs, size))
     ]
-    done = _finished(out, old)
+    done = finished_shards(out, old)
     manifest = {
         "format_version": FORMAT_VERSION,
         "ddn_version": __version__,

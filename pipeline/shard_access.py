@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.integrity import verify_shards
 from pipeline.manifest import read_manifest
 from pipeline.shards import open_shard
 
@@ -43,6 +44,9 @@ class ShardSet:
         entries = sorted(
             (s for s in manifest["shards"] if s["kind"] == kind), key=lambda s: s["index"]
         )
+        # Before any byte is read: a damaged shard is one line naming it, not wrong
+        # pixels or an h5py traceback (pipeline.integrity).
+        verify_shards(self.root, entries)
         self.kind = kind
         self.count_key = count_key
         self.files = [self.root / s["file"] for s in entries]

@@ -27,7 +27,10 @@ With ``--materialize S``: ``mat_images`` (M,S,S,3) uint8 and ``mat_masks`` (M,S,
 uint8 (0/1/255 for P), the box warped to SxS, one example per HDF5 chunk.
 
 File attributes: ``format_version``, ``kind``, ``classes`` (JSON list, background
-first), ``config_hash``, ``shard_index``, ``ddn_version``.
+first), ``config_hash``, ``shard_index``, ``ddn_version``, ``skipped`` (JSON list of the
+images left out with ``--skip-bad``: id, file, reason) and ``content_sha256`` (a sha256
+over the datasets, `pipeline.integrity.content_digest`: with it a shard can be verified,
+and the manifest rebuilt, without the manifest).
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ def write_shard(
     images: ShardImages,
     crops: CropTable | None = None,
     materialize: tuple[int, Callable[[int], tuple[np.ndarray, np.ndarray]]] | None = None,
+    skipped: list[dict] | None = None,
 ) -> dict:
     """Write a shard under a temporary name, fsync, rename; return its manifest entry.
 
@@ -168,6 +172,9 @@ def write_shard(
                 f.create_dataset("crop_origin", data=crops.origin.astype(np.uint8))
                 if materialize is not None:
                     _write_materialized(f, len(crops), *materialize)
+            f.attrs["skipped"] = json.dumps(skipped or [])
+            # Read back from the file, so that the digest is of what a reader will see.
+            f.attrs["content_sha256"] = content_digest(f)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -208,6 +215,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def content_digest(f: h5py.File) -> str:
+    """sha256 over every dataset of an open shard: names, dtypes, shapes and values."""
+    h = hashlib.sha256()
+    for name in sorted(f.keys()):
+        ds = f[name]
+        h.update(f"{name}|{ds.dtype}|{ds.shape}|".encode())
+        if h5py.check_vlen_dtype(ds.dtype) is not None or h5py.check_string_dtype(ds.dtype):
+            for row in ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]:
+                b = row.encode() if isinstance(row, str) else np.ascontiguousarray(row).tobytes()
+                h.update(len(b).to_bytes(8, "little"))
+                h.update(b)
+        else:
+            # Materialised crops can be many GB: hash them a slice of rows at a time.
+            row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:]))
+            rows = max(1, (64 << 20) // max(1, row_bytes))
+            for i in range(0, ds.shape[0], rows):
+                h.update(np.ascontiguousarray(ds[i : i + rows]).tobytes())
     return h.hexdigest()
 
 
