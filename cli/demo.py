@@ -16,6 +16,7 @@ import click
 from pipeline.build import CropSettings
 from pipeline.datasets import load_dataset
 from pipeline.inspect import draw_grid, format_summary, summarize
+from pipeline.outpaths import check_output_dir, write_text
 from pipeline.prepare import ShardSettings, SplitSettings, prepare
 from pipeline.proposals import ProposalConfig
 from pipeline.synth import generate
@@ -54,7 +55,8 @@ def command(
     seed: int,
 ) -> None:
     """Make a synthetic dataset, prepare it, train both networks and evaluate them."""
-    from cli.eval import _json_safe, evaluate, format_report
+    check_output_dir(out, "--out")  # before the imports below, which take seconds
+    from cli.eval import _json_safe, evaluate_and_report, format_report
     from ddn.runs import load_models, resolve_device
     from ddn.train.cls import ClsConfig, train_cls
     from ddn.train.seg import SegConfig, train_seg
@@ -74,7 +76,7 @@ def command(
         dataset_config={"root": str(data.resolve())},
         overwrite=True,  # the synthetic set was just rewritten: same config resumes
     )
-    draw_grid(prepared, out / "crops.png", n=16, seed=seed)
+    grid_crops = draw_grid(prepared, out / "crops.png", n=16, seed=seed)
     click.echo(format_summary(summarize(prepared)))
 
     # Each run directory is started afresh unless it finished before: then resume.
@@ -123,9 +125,13 @@ def command(
     )
     click.echo(f"[5/5] eval -> {out / 'eval'}")
     models = load_models(out / "cls", out / "seg", resolve_device(device))
-    result = evaluate(prepared, models, save_pred=out / "eval", overlays=8)
-    (out / "eval" / "metrics.json").write_text(json.dumps(_json_safe(result), indent=1))
-    click.echo(format_report(result))
+
+    def report(result: dict) -> None:
+        click.echo(format_report(result))
+        write_text(out / "eval" / "metrics.json", json.dumps(_json_safe(result), indent=1))
+
+    evaluate_and_report(report, prepared, models, save_pred=out / "eval", overlays=8)
     click.echo(f"predictions    {out / 'eval'} (palette PNGs; overlays in eval/overlays/)")
-    click.echo(f"sample crops   {out / 'crops.png'}")
+    if grid_crops:  # no crops, no picture: claim none
+        click.echo(f"sample crops   {out / 'crops.png'}")
     click.echo(f"done in {(time.time() - started) / 60:.1f} min")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ddn.runs import BaselineModels, Models, load_for_inference, resolve_device
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
 from pipeline.errors import UserError
 from pipeline.imageio import safe_join
+from pipeline.outpaths import WriteError, check_output_dir
 from pipeline.readers import ValDataset
 
 SPLITS = ("val", "strong")  # the shards that hold masks
@@ -44,6 +46,20 @@ def _check_classes(data_classes: list[str], models: Models | BaselineModels, dat
         )
 
 
+class PredictionsNotSaved(WriteError):
+    """Saving a prediction failed; the metrics, computed all the same, are in `result`."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def check_save_pred(save_pred: Path, overlays: int, maps: bool) -> None:
+    """Refuse, before any work, a --save-pred directory that cannot be written."""
+    subdirs = (["overlays"] if overlays else []) + (["maps"] if maps and overlays else [])
+    check_output_dir(save_pred, "--save-pred", subdirs)
+
+
 def evaluate(
     data: Path,
     models: Models | BaselineModels,
@@ -63,6 +79,9 @@ def evaluate(
     `overlays` images ``overlays/<id>.png`` (and with `maps` ``maps/<id>.png/.npz``).
     A DeconvNet baseline has no classifier: its ``cls_map`` is NaN (null in JSON), and
     `threshold` and `maps` do not apply to it.
+
+    A failed write stops the saving, not the evaluation: every image is still scored,
+    then `PredictionsNotSaved` carries the metrics and names the file.
     """
     baseline = isinstance(models, BaselineModels)
     check_maps(models, maps)
@@ -79,16 +98,21 @@ def evaluate(
     cm = ConfusionMatrix(len(names))
     probs, targets = [], []
     pending: list[dict] = []
+    failed: list[WriteError] = []  # the first write that failed; nothing is saved after it
 
     def flush() -> None:
-        keep = maps and save_pred is not None and pending[0]["index"] < overlays
+        saving = save_pred is not None and not failed
+        keep = maps and saving and pending[0]["index"] < overlays
         preds = predict_images(models, [item["image"] for item in pending], threshold, keep)
         for item, p in zip(pending, preds, strict=True):
             cm.update(item["mask"], p.pred)
             probs.append(p.probs)
             targets.append(item["labels"])
-            if save_pred is not None:
-                _save(save_pred, data, item, p, names, overlays, keep)
+            if save_pred is not None and not failed:
+                try:
+                    _save(save_pred, data, item, p, names, overlays, keep)
+                except WriteError as e:
+                    failed.append(e)
         pending.clear()
 
     for item in tqdm(loader, total=n, desc=f"eval {split}", unit="img", disable=None):
@@ -99,7 +123,7 @@ def evaluate(
         flush()
 
     iou = cm.iou()
-    return {
+    result = {
         "split": split,
         "images": n,
         "threshold": None if baseline else threshold,  # a DeconvNet picks no labels
@@ -111,6 +135,11 @@ def evaluate(
         else math.nan,
         "per_class": {name: float(v) for name, v in zip(names, iou, strict=True)},
     }
+    if failed:
+        raise PredictionsNotSaved(
+            f"{failed[0]}; predictions stop there, the metrics cover all {n} images", result
+        )
+    return result
 
 
 class _Subset:
@@ -136,6 +165,20 @@ def _save(out: Path, data: Path, item: dict, p, names, overlays: int, maps: bool
         save_rgb(safe_join(out / "overlays", f"{image_id}.png", data), panel)
         if maps:
             save_maps(safe_join(out / "maps", f"{image_id}.png", data), item["image"], p, names)
+
+
+def evaluate_and_report(
+    report: Callable[[dict[str, Any]], None], data: Path, models: Models | BaselineModels, **kw
+) -> dict[str, Any]:
+    """`evaluate`, then `report` the metrics; when saving predictions failed, report them
+    all the same and raise after, so the metrics are never lost to a full disk."""
+    try:
+        result = evaluate(data, models, **kw)
+    except PredictionsNotSaved as e:
+        report(e.result)
+        raise
+    report(result)
+    return result
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -226,8 +269,15 @@ def command(
     given = click.get_current_context().get_parameter_source("overlays")
     if save_pred is None and given is ParameterSource.COMMANDLINE:
         raise UserError("--overlays needs --save-pred DIR (the overlays are written there)")
+    if save_pred is not None:
+        check_save_pred(save_pred, overlays, save_maps)
     models = load_for_inference(cls_run, seg_run, resolve_device(device))
-    result = evaluate(
+
+    def report(result: dict[str, Any]) -> None:
+        click.echo(json.dumps(_json_safe(result)) if as_json else format_report(result))
+
+    evaluate_and_report(
+        report,
         data,
         models,
         split=split,
@@ -239,9 +289,5 @@ def command(
         overlays=overlays,
         maps=save_maps,
     )
-    if as_json:
-        click.echo(json.dumps(_json_safe(result)))
-        return
-    click.echo(format_report(result))
-    if save_pred is not None:
+    if save_pred is not None and not as_json:
         click.echo(f"predictions    {save_pred}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cli.options import json_option
-from pipeline.inspect import draw_grid, format_summary, summarize
+from pipeline.inspect import check_grid_path, draw_grid, format_summary, summarize
 
 
 @click.command("inspect")
@@ -24,13 +24,18 @@ from pipeline.inspect import draw_grid, format_summary, summarize
 @click.option("--seed", default=0, show_default=True, help="Which crops the grid shows.")
 def command(prepared: Path, as_json: bool, grid: Path | None, grid_size: int, seed: int) -> None:
     """Summarise a directory made by `ddn prepare`."""
+    if grid is not None:
+        check_grid_path(grid)
     summary = summarize(prepared)
     if grid is not None:
-        summary["grid"] = str(grid)
-        summary["grid_crops"] = draw_grid(prepared, grid, n=grid_size, seed=seed)
+        drawn = draw_grid(prepared, grid, n=grid_size, seed=seed)
+        # A directory without crops gets no grid file: then no path is reported either.
+        summary["grid"] = str(grid) if drawn else None
+        summary["grid_crops"] = drawn
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(format_summary(summary))
         if grid is not None:
-            click.echo(f"  grid           {grid} ({summary['grid_crops']} crops)")
+            wrote = f"{grid} ({drawn} crops)" if drawn else "not written: no crops to show"
+            click.echo(f"  grid           {wrote}")

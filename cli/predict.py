@@ -16,6 +16,7 @@ from ddn.runs import BaselineModels, Models, load_for_inference, resolve_device
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
 from pipeline.errors import BadInputError, UserError
 from pipeline.imageio import load_image
+from pipeline.outpaths import check_output_dir, check_output_file, write_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 RESULTS = "predictions.json"
@@ -147,6 +148,8 @@ def command(
     picked labels with their probabilities in OUT/predictions.json. A DeconvNet baseline
     run (no --cls) lists the classes its mask contains, each with its highest pixel
     probability."""
+    check_output_dir(out, "--out", ["overlays", *(["maps"] if save_maps else [])])
+    check_output_file(out / RESULTS, "--out")
     files, skipped = check_readable(collect_inputs(list(inputs)), skip_bad)
     if not files:  # --skip-bad left nothing: not a success
         raise UserError(
@@ -157,7 +160,6 @@ def command(
         )
     models = load_for_inference(cls_run, seg_run, resolve_device(device))
     check_maps(models, save_maps)
-    out.mkdir(parents=True, exist_ok=True)
     records = predict(files, models, out, threshold=threshold, batch=batch, maps=save_maps)
     result = {
         "classes": models.classes,
@@ -167,7 +169,7 @@ def command(
         "images": records,
         "skipped": skipped,
     }
-    (out / RESULTS).write_text(json.dumps(result, indent=1))
+    write_text(out / RESULTS, json.dumps(result, indent=1))
     for record in records:
         click.echo(_summary(record))
     for s in skipped:

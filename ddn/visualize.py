@@ -5,7 +5,8 @@ class index as the pixel value, the format of the VOC evaluation server. Overlay
 the image, the ground truth and the prediction side by side with a legend naming the
 classes shown; the maps figure shows, per picked label, the foreground map M_f(g^l),
 the background map M_b(g*) and the channel mean of each bridge activation g^l (as the
-paper's figures 2 and 3).
+paper's figures 2 and 3). A write that fails raises `pipeline.outpaths.WriteError`
+naming the file, and leaves no half-written file behind.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ddn.inference import Prediction
+from pipeline.outpaths import writing
 from pipeline.synth import voc_colormap
 
 CMAP = voc_colormap()
@@ -32,17 +34,13 @@ def save_label_png(path: str | Path, labels: np.ndarray) -> None:
     """A palette ('P' mode) PNG whose pixel values are the class indices."""
     im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
     im.putpalette(CMAP.tobytes())  # turns the 'L' image into 'P', values unchanged
-    _ensure_parent(path)
-    im.save(path)
+    with writing(path) as p:
+        im.save(p)
 
 
 def save_rgb(path: str | Path, image: np.ndarray) -> None:
-    _ensure_parent(path)
-    Image.fromarray(image).save(path)
-
-
-def _ensure_parent(path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with writing(path) as p:
+        Image.fromarray(image).save(p)
 
 
 def blend_labels(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -157,9 +155,11 @@ def save_maps(path: str | Path, image: np.ndarray, prediction: Prediction, class
     """The maps figure as ``path`` (.png) and the float maps beside it (.npz)."""
     path = Path(path)
     save_rgb(path, maps_figure(image, prediction, classes))
-    if prediction.foreground is not None:
+    if prediction.foreground is None:
+        return
+    with writing(path.with_suffix(".npz")) as npz:
         np.savez_compressed(
-            path.with_suffix(".npz"),
+            npz,
             labels=np.asarray(prediction.labels, np.int64),
             foreground=prediction.foreground.astype(np.float16),
             background=prediction.background.astype(np.float16),

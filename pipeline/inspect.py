@@ -8,9 +8,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.integrity import verify_shards
 from pipeline.manifest import read_manifest
 from pipeline.object_scale import format_object_scale, object_scale
+from pipeline.outpaths import WriteError, check_output_file, writing
 from pipeline.shards import count_negatives, open_shard
 
 
@@ -106,8 +108,16 @@ def _overlay(image: np.ndarray, target: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def check_grid_path(path: Path, option: str = "--grid") -> None:
+    """Refuse, before any work, a grid path that is no writable image file."""
+    check_output_file(path, option)
+    if not cv2.haveImageWriter(str(path)):
+        raise UserError(f"{path}: {option} must name an image file such as grid.png")
+
+
 def draw_grid(prepared: Path, out_png: Path, n: int = 16, cell: int = 160, seed: int = 0) -> int:
-    """Sample crops with their figure/ground masks overlaid; returns how many were drawn."""
+    """Sample crops with their figure/ground masks overlaid; returns how many were drawn
+    (0: the directory has no crops, and nothing is written)."""
     from pipeline.readers import CropDataset
 
     ds = CropDataset(prepared, flip=False, seed=seed)
@@ -139,6 +149,11 @@ def draw_grid(prepared: Path, out_png: Path, n: int = 16, cell: int = 160, seed:
             cv2.LINE_AA,
         )
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out_png), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    # imencode + our own write, not cv2.imwrite: imwrite reports a failed write only as
+    # a False that is easy to miss.
+    ok, encoded = cv2.imencode(out_png.suffix, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise WriteError(f"{out_png}: cannot encode the grid as {out_png.suffix}")
+    with writing(out_png) as p:
+        p.write_bytes(encoded.tobytes())
     return len(idx)

@@ -43,9 +43,9 @@ def crop_files(voc: Path, image_id: str, height: int, width: int) -> None:
         im.crop((0, 0, width, height)).save(png)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("evaldata")
+def make_eval_data(base: Path) -> dict:
+    """A prepared set with val images of several sizes (one background-only) and a tiny
+    classifier + segmenter run pair for it (picks classes 1 and 3); paths in a dict."""
     voc = generate(base / "data", images=24, classes=3, size=96, seed=2, val_fraction=0.25)
     val_ids = read_id_list(voc / "ImageSets" / "Segmentation" / "val.txt")
     # Val images of different, non-square sizes: predictions must come back at each.
@@ -99,6 +99,11 @@ def data(tmp_path_factory) -> dict:
         "cls": cls_run,
         "seg": seg_run,
     }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    return make_eval_data(tmp_path_factory.mktemp("evaldata"))
 
 
 def eval_args(data: dict, *extra) -> list:
