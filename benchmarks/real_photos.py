@@ -30,6 +30,8 @@ pixel. ``--prepare-args`` / ``--seg-args`` / ``--cls-args`` pass extra options t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shlex
 import subprocess
@@ -67,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seg-args", default="", help="Extra `ddn train-seg` options (all rows).")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests
     p.add_argument("--jobs", type=int, default=2, help="Parallel prepare workers.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-deconvnet-margin", type=float, default=10.0)
@@ -81,26 +84,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Runner:
-    """Runs `ddn` commands (as ``python -m cli.main``) and keeps their wall times."""
+    """Runs `ddn` commands (as ``python -m cli.main``) and keeps their wall times.
 
-    def __init__(self) -> None:
+    ``in_process``: through the same click group in this process instead (the tests: it
+    saves an interpreter and a torch import per command; the benchmark's figures come
+    from separate processes, as a user runs them).
+    """
+
+    def __init__(self, in_process: bool = False) -> None:
         self.log: list[dict[str, Any]] = []
+        self.in_process = in_process
 
     def __call__(self, args: list[str], capture: bool = False) -> str:
         shown = "ddn " + shlex.join(args)
         print(f"\n$ {shown}", flush=True)
         start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE if capture else None,
-            text=True,
-            check=False,
-        )
+        run = _in_process if self.in_process else _subprocess
+        code, stdout = run(args, capture)
         self.log.append({"command": shown, "seconds": round(time.perf_counter() - start, 1)})
-        if done.returncode:
-            sys.exit(f"failed ({done.returncode}): {shown}")
-        return done.stdout or ""
+        if code:
+            sys.exit(f"failed ({code}): {shown}")
+        return stdout
+
+
+def _subprocess(args: list[str], capture: bool) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE if capture else None,
+        text=True,
+        check=False,
+    )
+    return done.returncode, done.stdout or ""
+
+
+def _in_process(args: list[str], capture: bool) -> tuple[int, str]:
+    from cli.main import cli
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out if capture else sys.stdout):
+            cli.main(args, prog_name="ddn", standalone_mode=False)
+    except SystemExit as e:  # the group turns user errors into sys.exit(2)
+        return int(e.code or 0), out.getvalue()
+    return 0, out.getvalue()
 
 
 def _resume(run: Path) -> list[str]:
@@ -121,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not path.exists():
             sys.exit(f"{path}: not found (the real photographs and weights live in ../shared)")
     out: Path = args.out.resolve()
-    ddn = Runner()
+    ddn = Runner(in_process=args.in_process)
     common = ["--device", args.device, "--workers", str(args.workers), "--seed", str(args.seed)]
     size = ["--input-size", str(args.input_size)]
     net = ["--arch", args.arch, "--width", str(args.width), "--weights", str(args.weights)]

@@ -16,7 +16,7 @@ def test_toy_run_writes_every_cell_margins_and_the_commands(synth_root, tmp_path
             "--per-class", "2", "--arch", "vgg16_bn", "--width", "0.125", "--weights", "none",
             "--input-size", "64", "--cls-iters", "2", "--cls-batch", "4", "--seg-iters", "2",
             "--seg-batch", "4", "--device", "cpu", "--workers", "0", "--jobs", "1",
-            "--prepare-args", "--proposals 3 --method random",
+            "--prepare-args", "--proposals 3 --method random", "--in-process",
             "--min-deconvnet-margin", "-100", "--min-str-margin", "-100"]  # fmt: skip
     try:
         real_photos.main(argv)
