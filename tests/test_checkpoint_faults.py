@@ -1,6 +1,7 @@
-"""Faults around the run directory's files: a disk that fills up while a checkpoint,
-model.pt, metrics.csv or config.json is written. Each is one line (an error with exit
-code 2) naming the file and the cause, and nothing finished is lost."""
+"""Faults around the run directory's files: a torn or foreign checkpoint met by --resume,
+and a disk that fills up while a checkpoint, model.pt, metrics.csv or config.json is
+written. Each is one line (a warning, or an error with exit code 2) naming the file, and
+nothing finished is lost."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import csv
 import errno
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -41,9 +44,87 @@ def lines(text: str, prefix: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
+def tear(path: Path) -> None:
+    """Cut a file to half its length, as a copy that stopped midway leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
 def train_steps(run: Path) -> list[int]:
     with (run / "metrics.csv").open() as f:
         return [int(r["step"]) for r in csv.DictReader(f) if r["loss"]]
+
+
+def val_steps(run: Path) -> list[int]:
+    with (run / "metrics.csv").open() as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r["val_map"]]
+
+
+# ---------------------------------------------------------------- --resume
+
+
+def test_torn_last_checkpoint_resumes_from_the_one_before(prep, tmp_path):
+    run = tmp_path / "run"
+    assert train(prep, run, "--iters", "3").exit_code == 0
+    assert [s for s, _ in checkpoints(run)] == [2, 3]
+    finished = torch.load(run / MODEL, weights_only=True)["model"]
+    vals = val_steps(run)
+    tear(run / "checkpoint-3.pt")
+
+    r = train(prep, run, "--iters", "3", "--resume")
+    assert r.exit_code == 0, r.output
+    warning = lines(r.stderr, "warning:")
+    assert len(warning) == 1 and "checkpoint-3.pt: unreadable checkpoint" in warning[0]
+    assert "resuming from checkpoint-2.pt" in warning[0]
+    assert "resuming after step 2" in r.stderr  # the plan line
+    # The torn file is kept, out of the way; the redone step wrote a good checkpoint-3.
+    assert (run / "checkpoint-3.pt.unreadable").is_file()
+    assert [s for s, _ in checkpoints(run)] == [2, 3]
+    assert load_checkpoint(run / "checkpoint-3.pt")["step"] == 3
+    # Step 3 trained again, bit for bit, and each metrics row is there once.
+    again = torch.load(run / MODEL, weights_only=True)["model"]
+    assert all(torch.equal(finished[k], again[k]) for k in finished)
+    assert train_steps(run) == [1, 2, 3] and val_steps(run) == vals == [3]
+
+
+def test_no_readable_checkpoint_is_one_line_and_moves_nothing(prep, tmp_path):
+    run = tmp_path / "run"
+    assert train(prep, run, "--iters", "2").exit_code == 0
+    for _, path in checkpoints(run):
+        tear(path)
+    torn = {p.name: p.read_bytes() for _, p in checkpoints(run)}
+
+    r = train(prep, run, "--iters", "2", "--resume")
+    assert r.exit_code == 2, r.output
+    (error,) = lines(r.stderr, "error:")
+    assert "checkpoint-2.pt: unreadable checkpoint" in error and "(checkpoint-1.pt)" in error
+    assert "nothing to resume from" in error and "Traceback" not in r.output
+    assert {p.name: p.read_bytes() for _, p in checkpoints(run)} == torn
+    assert not list(run.glob("*.unreadable"))
+
+
+def test_foreign_checkpoint_is_one_line_naming_the_file_and_the_setting(prep, tmp_path):
+    run, other = tmp_path / "run", tmp_path / "other"
+    assert train(prep, run, "--iters", "1").exit_code == 0
+    assert train(prep, other, "--iters", "1", width=2 * WIDTH).exit_code == 0
+    foreign = run / "checkpoint-2.pt"  # copied in from a run of another width
+    shutil.copy(other / "checkpoint-1.pt", foreign)
+
+    r = train(prep, run, "--iters", "1", "--resume")
+    assert r.exit_code == 2, r.output
+    (error,) = lines(r.stderr, "error:")
+    assert error.startswith(f"error: {foreign}: does not fit this run")
+    assert f"width ({2 * WIDTH} -> {WIDTH})" in error
+    assert "Traceback" not in r.output and foreign.is_file()
+
+    # Without its config the weights themselves are compared: still one line.
+    state = torch.load(foreign, weights_only=True)
+    del state["config"]
+    torch.save(state, foreign)
+    r = train(prep, run, "--iters", "1", "--resume")
+    assert r.exit_code == 2, r.output
+    (error,) = lines(r.stderr, "error:")
+    assert error.startswith(f"error: {foreign}: does not fit this run (size mismatch")
 
 
 # ---------------------------------------------------------------- a full disk

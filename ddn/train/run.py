@@ -7,7 +7,8 @@ A run directory (``--out``) holds:
   columns are fixed when the file is made, a value a row lacks is left blank.
 - ``checkpoint-<step>.pt``: one dict {model, optimizer, lr_scheduler, step, epoch, rng,
   config}, written atomically (temporary file + ``os.replace``); the last
-  `KEEP_CHECKPOINTS` are kept. ``--resume`` continues from the newest.
+  `KEEP_CHECKPOINTS` are kept. ``--resume`` continues from the newest that loads
+  (`ddn.train.checkpoint.read_resume`).
 - ``model.pt``: the final weights and the config, what the next stage loads
   (train-seg loads a classifier run's, eval a segmenter run's).
 
@@ -138,11 +139,12 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def open_run(run: Path, config: dict[str, Any], resume: bool) -> Path | None:
-    """Create or check the run directory; the checkpoint to resume from, if any.
+    """Create or check the run directory; its newest checkpoint, if any.
 
     A run that already has checkpoints is never overwritten silently: without
     ``--resume`` that is an error, and ``--resume`` with different settings is refused
-    (naming them) rather than mixing two configurations in one run.
+    (naming them) rather than mixing two configurations in one run. (Without config.json
+    each checkpoint's own config is compared when it is read.)
     """
     run = Path(run)
     latest = latest_checkpoint(run)
@@ -152,22 +154,27 @@ def open_run(run: Path, config: dict[str, Any], resume: bool) -> Path | None:
         raise UserError(
             f"{run}: holds checkpoints; pass --resume to continue or choose another --out"
         )
-    if latest is not None:
-        saved = read_json(run / CONFIG) if (run / CONFIG).is_file() else {}
-        changed = sorted(
-            k
-            for k in set(saved) | set(config)
-            if k not in RUNTIME_KEYS and saved.get(k) != config.get(k)
-        )
+    if latest is not None and (run / CONFIG).is_file():
+        changed = changed_settings(read_json(run / CONFIG), config)
         if changed:
-            shown = ", ".join(f"{k} ({saved.get(k)!r} -> {config.get(k)!r})" for k in changed[:4])
-            raise UserError(f"{run}: --resume with different settings: {shown}")
+            raise UserError(f"{run}: --resume with different settings: {changed}")
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{run}: cannot create the run directory ({e.strerror or e})") from None
     write_json(run / CONFIG, config)
     return latest
+
+
+def changed_settings(saved: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The settings (all but `RUNTIME_KEYS`) that differ, as "key (saved -> now)", the
+    first four; empty when none do."""
+    changed = sorted(
+        k
+        for k in set(saved) | set(config)
+        if k not in RUNTIME_KEYS and saved.get(k) != config.get(k)
+    )
+    return ", ".join(f"{k} ({saved.get(k)!r} -> {config.get(k)!r})" for k in changed[:4])
 
 
 class MetricsLog:
