@@ -3,19 +3,43 @@
 One dict per checkpoint, as torchvision's references keep it: model, optimizer,
 lr_scheduler, step, epoch, plus the RNG states (resuming is bit-identical) and the
 run's config. Writing and finding the files is `ddn.train.run`'s.
+
+``--resume`` reads the newest checkpoint that loads (`read_resume`): a torn one (a copy
+cut short, a crash of the disk) is moved aside with a warning and the one before it is
+used, the steps after it are trained again. A checkpoint that loads but belongs to other
+settings (copied from another run) is an error naming the file and the setting.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ddn.train.distributed import DistInfo, epoch_of_step
-from ddn.train.run import rng_state, save_checkpoint, set_rng_state
+from ddn.train.run import (
+    changed_settings,
+    checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pipeline.errors import UserError
+
+KEYS = ("model", "optimizer", "lr_scheduler", "step", "rng")  # what restoring reads
+UNREADABLE = ".unreadable"  # suffix of a torn checkpoint moved aside by --resume
+
+
+class Resume(NamedTuple):
+    """The checkpoint a run resumes from: its file and what it holds (on the CPU)."""
+
+    path: Path
+    state: dict[str, Any]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -53,15 +77,96 @@ def checkpoint_state(
     return state
 
 
+def read_resume(run: Path, config: dict[str, Any], warn: bool = True) -> Resume | None:
+    """The newest checkpoint of ``run`` that loads (None: the run has none).
+
+    Only the newest is read unless it is torn; then older ones, newest first. Torn files
+    before the one used are renamed to ``<name>.unreadable`` (kept, but out of the
+    checkpoint list, so that pruning and the other ranks never pick them), with a warning
+    line each when ``warn``. None loading is an error (nothing is moved then). Loaded on
+    the CPU: the RNG states must be CPU tensors, and restoring copies onto the device.
+    """
+    found = checkpoints(run)
+    torn: list[tuple[Path, UserError]] = []
+    for _, path in reversed(found):
+        try:
+            state = load_checkpoint(path, "cpu")
+        except UserError as e:
+            torn.append((path, e))
+            continue
+        check_fits(path, state, config)
+        for bad, error in torn:
+            aside = _move_aside(bad, error, path)
+            if warn:
+                print(
+                    f"warning: {error}; moved to {aside.name}, resuming from {path.name} "
+                    f"(step {int(state['step'])}): the steps after it are trained again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return Resume(path, state)
+    if torn:
+        older = ", ".join(p.name for p, _ in torn[1:])
+        also = f", and no older one loads either ({older})" if older else ""
+        them = "them" if older else "it"
+        raise UserError(
+            f"{torn[0][1]}{also}: nothing to resume from; move {them} away to start over"
+        )
+    return None
+
+
+def check_fits(path: Path, state: Any, config: dict[str, Any]) -> None:
+    """Refuse a checkpoint that loads but is not one of this run's (a copy from another)."""
+    if not isinstance(state, dict) or not all(k in state for k in KEYS):
+        raise UserError(f"{path}: not a training checkpoint (expected keys {', '.join(KEYS)})")
+    saved = state.get("config")
+    changed = changed_settings(saved, config) if isinstance(saved, dict) else ""
+    if changed:
+        raise UserError(
+            f"{path}: does not fit this run (other settings: {changed}); "
+            "move it out of the run directory"
+        )
+
+
 def restore_state(
-    ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    resume: Resume, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> int:
-    """Load a checkpoint into the training objects; returns its step."""
-    unwrap(model).load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    """Load a checkpoint into the training objects; returns its step.
+
+    Empties ``resume.state`` afterwards: the trainers keep ``resume`` for the whole run,
+    and a second copy of the weights would stay in memory all along.
+    """
+    ckpt = resume.state
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # weights of another model
+        raise UserError(f"{resume.path}: does not fit this run ({mismatch(e)})") from e
     scheduler.load_state_dict(ckpt["lr_scheduler"])
     set_rng_state(ckpt["rng"])
-    return int(ckpt["step"])
+    step = int(ckpt["step"])
+    ckpt.clear()
+    return step
+
+
+def mismatch(e: Exception) -> str:
+    """The telling line of a load_state_dict error: line 1 is only "Error(s) in loading
+    state_dict for ...:", the next says which keys or shapes."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+    return detail if len(detail) <= 200 else detail[:197] + "..."
+
+
+def _move_aside(path: Path, error: UserError, used: Path) -> Path:
+    aside = path.with_name(path.name + UNREADABLE)
+    try:
+        path.replace(aside)
+    except OSError as e:
+        raise UserError(
+            f"{error}; could not move it aside ({e.strerror or e}): "
+            f"move it away to resume from {used.name}"
+        ) from None
+    return aside
 
 
 class Checkpointer:

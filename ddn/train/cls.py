@@ -28,7 +28,7 @@ from ddn.models import Classifier, normalize
 from ddn.train import checkpoint, loop
 from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
-from ddn.train.run import load_checkpoint, save_model
+from ddn.train.run import save_model
 from ddn.train.schedule import LRSchedule
 from pipeline.errors import UserError
 from pipeline.readers import WeakDataset
@@ -117,7 +117,8 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
         world_size=info.world_size, global_batch=global_batch, train_images=n,
         classes=classes, num_classes=len(classes),
     )  # fmt: skip
-    latest = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
+    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
+    latest = resume.path if resume else None
 
     torch.manual_seed(cfg.seed)
     model = Classifier(len(classes), cfg.arch, cfg.width, cfg.input_size)
@@ -128,11 +129,7 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(iters, warmup, cfg.decay, milestones)
     )
-    step = 0
-    if latest is not None:
-        step = checkpoint.restore_state(
-            load_checkpoint(latest, device), model, optimizer, scheduler
-        )
+    step = checkpoint.restore_state(resume, model, optimizer, scheduler) if resume else 0
     loop.print_plan(
         info, "train-cls", iters=iters, batch=cfg.batch, accum=None, unit="images",
         examples=n, schedule=_schedule(cfg.decay, warmup, milestones), start=step,

@@ -88,11 +88,11 @@ def _train(cfg: DeconvConfig, info: DistInfo, on_step: loop.StepHook | None) -> 
     config = loop.run_config(
         cfg, TRAINER, kind=KIND, warp_size=warp, **plan.config(), classes=train_set.classes[1:]
     )
-    latest = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
+    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
 
     torch.manual_seed(cfg.seed)
     model = DeconvNet(train_set.num_classes, cfg.arch, cfg.width, cfg.input_size)
-    if latest is None:
+    if resume is None:
         model.load_pretrained(cfg.weights)
     model.to(device, memory_format=fmt)
 
@@ -103,7 +103,7 @@ def _train(cfg: DeconvConfig, info: DistInfo, on_step: loop.StepHook | None) -> 
             return net(images), target
 
     train_on_strong_crops(
-        cfg, info, device, train_set, plan, config, latest, model, forward, on_step
+        cfg, info, device, train_set, plan, config, resume, model, forward, on_step
     )
     if info.is_main:
         model_config = {

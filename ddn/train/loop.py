@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ddn import __version__
-from ddn.train.checkpoint import Checkpointer, restore_state
+from ddn.train.checkpoint import Checkpointer, Resume, read_resume, restore_state
 from ddn.train.distributed import (
     DistInfo,
     EpochItems,
@@ -35,12 +35,7 @@ from ddn.train.distributed import (
     no_sync,
 )
 from ddn.train.interrupt import BufferSnapshot, deferred_interrupt
-from ddn.train.run import (
-    METRICS,
-    MetricsLog,
-    latest_checkpoint,
-    open_run,
-)
+from ddn.train.run import METRICS, MetricsLog, open_run
 from pipeline.errors import UserError
 from pipeline.progress import is_terminal
 
@@ -155,17 +150,21 @@ def run_config(cfg: Any, trainer: str, **resolved: Any) -> dict[str, Any]:
 
 def open_run_on_all_ranks(
     run: Path, config: dict[str, Any], resume: bool, info: DistInfo
-) -> Path | None:
+) -> Resume | None:
     """Rank 0 creates (or checks) the run directory; every rank gets the checkpoint to resume.
 
-    The others look only after the barrier: rank 0 may refuse the run, and must have
-    written config.json before anyone trains.
+    The others look only after the barrier: rank 0 may refuse the run, must have written
+    config.json before anyone trains, and has moved torn checkpoints aside (so that all
+    ranks read the same one).
     """
-    latest = open_run(run, config, resume) if info.is_main else None
+    found = None
+    if info.is_main:
+        open_run(run, config, resume)
+        found = read_resume(run, config) if resume else None
     barrier(info)
     if not info.is_main and resume:
-        latest = latest_checkpoint(run)
-    return latest
+        found = read_resume(run, config, warn=False)
+    return found
 
 
 def open_metrics(
@@ -361,17 +360,15 @@ def strong_optimizer(
     cfg: Any,
     iters: int,
     decay_step: int,
-    latest: Path | None,
-    device: torch.device,
+    resume: Resume | None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, int]:
-    """The segmenter optimiser, one x0.1 decay at ``decay_step``, restored from ``latest``.
+    """The segmenter optimiser, one x0.1 decay at ``decay_step``, restored from ``resume``.
 
     ``cfg.optimizer``: "sgd" with momentum (the reference), or "adamw" (a tiny segmenter
     trained from scratch in a few hundred steps; ``momentum`` is then unused). Shared by
     train-seg and the DeconvNet baseline so both train under the same recipe. Returns
     the optimiser, its scheduler and the step to continue from.
     """
-    from ddn.train.run import load_checkpoint
     from ddn.train.schedule import LRSchedule
 
     params, lr, decay = model.parameters(), cfg.lr, cfg.weight_decay
@@ -383,9 +380,7 @@ def strong_optimizer(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(iters, 0, "step", (decay_step,), gamma=0.1)
     )
-    step = 0
-    if latest is not None:
-        step = restore_state(load_checkpoint(latest, device), model, optimizer, scheduler)
+    step = restore_state(resume, model, optimizer, scheduler) if resume else 0
     return optimizer, scheduler, step
 
 

@@ -7,24 +7,27 @@ A run directory (``--out``) holds:
   columns are fixed when the file is made, a value a row lacks is left blank.
 - ``checkpoint-<step>.pt``: one dict {model, optimizer, lr_scheduler, step, epoch, rng,
   config}, written atomically (temporary file + ``os.replace``); the last
-  `KEEP_CHECKPOINTS` are kept. ``--resume`` continues from the newest.
+  `KEEP_CHECKPOINTS` are kept. ``--resume`` continues from the newest that loads
+  (`ddn.train.checkpoint.read_resume`).
 - ``model.pt``: the final weights and the config, what the next stage loads
   (train-seg loads a classifier run's, eval a segmenter run's).
 
 Everything saved loads with ``torch.load(weights_only=True)``: RNG states are stored
-as tensors and plain Python values, never as pickled objects.
+as tensors and plain Python values, never as pickled objects. A write that fails (a full
+disk) is one `UserError` naming the file and the cause; the earlier file stays as it was.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -56,19 +59,58 @@ RUNTIME_KEYS = frozenset(
 )
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename onto ``path``: readers never see half a file."""
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], None], what: str) -> None:
+    """Call ``write(f)`` on a temporary file, then rename it onto ``path``: readers never
+    see half a file, and a failed write leaves the earlier ``path`` as it was.
+
+    The file is a Python one: a full disk then surfaces as an OSError naming the cause
+    (torch.save's own writer turns it into "unexpected pos ..."), which becomes a
+    `UserError` ("<path>: could not write <what>: No space left on device").
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        write(tmp)
+        with open(tmp, "wb") as f:
+            write(f)
         os.replace(tmp, path)
+    except Exception as e:
+        if (error := _write_error(path, what, e)) is None:
+            raise
+        raise error from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    atomic_write_bytes(path, lambda p: p.write_text(json.dumps(data, indent=1) + "\n"))
+def append_text(path: Path, text: str, what: str) -> None:
+    """Append ``text`` whole or not at all: a write cut short (a full disk) is cut back off,
+    so the file never ends in half a row."""
+    data = memoryview(text.encode())
+    try:
+        with open(path, "ab", buffering=0) as f:
+            end = f.seek(0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[f.write(data) :]
+            except OSError:
+                f.truncate(end)
+                raise
+    except OSError as e:
+        raise _write_error(path, what, e) from e
+
+
+def _write_error(path: Path, what: str, e: BaseException) -> UserError | None:
+    """The one-line error of a write that failed on an OSError (anywhere in ``e``'s chain:
+    torch.save raises its own error on top); None for anything else, a bug."""
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    return UserError(f"{path}: could not write {what}: {cause.strerror or cause}")
+
+
+def write_json(path: Path, data: Mapping[str, Any], what: str = "settings") -> None:
+    text = json.dumps(data, indent=1) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()), what)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -97,11 +139,12 @@ def latest_checkpoint(run: Path) -> Path | None:
 
 
 def open_run(run: Path, config: dict[str, Any], resume: bool) -> Path | None:
-    """Create or check the run directory; the checkpoint to resume from, if any.
+    """Create or check the run directory; its newest checkpoint, if any.
 
     A run that already has checkpoints is never overwritten silently: without
     ``--resume`` that is an error, and ``--resume`` with different settings is refused
-    (naming them) rather than mixing two configurations in one run.
+    (naming them) rather than mixing two configurations in one run. (Without config.json
+    each checkpoint's own config is compared when it is read.)
     """
     run = Path(run)
     latest = latest_checkpoint(run)
@@ -111,16 +154,10 @@ def open_run(run: Path, config: dict[str, Any], resume: bool) -> Path | None:
         raise UserError(
             f"{run}: holds checkpoints; pass --resume to continue or choose another --out"
         )
-    if latest is not None:
-        saved = read_json(run / CONFIG) if (run / CONFIG).is_file() else {}
-        changed = sorted(
-            k
-            for k in set(saved) | set(config)
-            if k not in RUNTIME_KEYS and saved.get(k) != config.get(k)
-        )
+    if latest is not None and (run / CONFIG).is_file():
+        changed = changed_settings(read_json(run / CONFIG), config)
         if changed:
-            shown = ", ".join(f"{k} ({saved.get(k)!r} -> {config.get(k)!r})" for k in changed[:4])
-            raise UserError(f"{run}: --resume with different settings: {shown}")
+            raise UserError(f"{run}: --resume with different settings: {changed}")
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -129,9 +166,20 @@ def open_run(run: Path, config: dict[str, Any], resume: bool) -> Path | None:
     return latest
 
 
+def changed_settings(saved: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The settings (all but `RUNTIME_KEYS`) that differ, as "key (saved -> now)", the
+    first four; empty when none do."""
+    changed = sorted(
+        k
+        for k in set(saved) | set(config)
+        if k not in RUNTIME_KEYS and saved.get(k) != config.get(k)
+    )
+    return ", ".join(f"{k} ({saved.get(k)!r} -> {config.get(k)!r})" for k in changed[:4])
+
+
 class MetricsLog:
     """Append-only CSV of metrics; on resume, rows past the resumed step are dropped
-    (they are about to be recomputed)."""
+    (they are about to be recomputed). A row is written whole or not at all."""
 
     def __init__(self, path: Path, columns: Iterable[str], resume_step: int | None) -> None:
         self.path = Path(path)
@@ -142,10 +190,9 @@ class MetricsLog:
                 rows = [
                     r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step
                 ]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns, extrasaction="ignore", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        # Rewritten through a temporary file: a full disk must not cost the kept rows.
+        text = self._csv(rows, header=True)
+        atomic_write_bytes(self.path, lambda f: f.write(text.encode()), "metrics")
 
     def has(self, step: int, column: str) -> bool:
         """Whether a row of ``step`` has a value in ``column`` (e.g. a validation)."""
@@ -154,10 +201,15 @@ class MetricsLog:
 
     def write(self, row: Mapping[str, Any]) -> None:
         clean = {k: _cell(v) for k, v in row.items()}
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, self.columns, extrasaction="ignore", lineterminator="\n").writerow(
-                clean
-            )
+        append_text(self.path, self._csv([clean]), "metrics")
+
+    def _csv(self, rows: Iterable[Mapping[str, Any]], header: bool = False) -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, self.columns, extrasaction="ignore", lineterminator="\n")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
 
 
 def _cell(v: Any) -> Any:
@@ -209,7 +261,7 @@ def _tuples(x: Any) -> Any:
 def save_checkpoint(run: Path, state: dict[str, Any], keep: int = KEEP_CHECKPOINTS) -> Path:
     """Write ``checkpoint-<state['step']>.pt`` atomically, then drop all but the last ``keep``."""
     path = run / f"checkpoint-{int(state['step'])}.pt"
-    atomic_write_bytes(path, lambda p: torch.save(state, p))
+    atomic_write_bytes(path, lambda f: torch.save(state, f), "checkpoint")
     for _, old in checkpoints(run)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -226,7 +278,7 @@ def save_model(run: Path, model_state: Mapping[str, torch.Tensor], config: dict[
     """``model.pt``: final weights + config, what the next stage loads."""
     path = run / MODEL
     state = {"model": dict(model_state), "config": config}
-    atomic_write_bytes(path, lambda p: torch.save(state, p))
+    atomic_write_bytes(path, lambda f: torch.save(state, f), "model")
     return path
 
 

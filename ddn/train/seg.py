@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
 from ddn.runs import load_classifier
 from ddn.train import loop
+from ddn.train.checkpoint import mismatch
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run import load_checkpoint, load_model, save_model
 from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
@@ -99,12 +100,12 @@ def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> Seg
         warp_size=warp, **plan.config(), classes=train_set.classes[1:],
         classifier=classifier_info,
     )  # fmt: skip
-    latest = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
+    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
 
     torch.manual_seed(cfg.seed)
     pool5_size = input_size // 32
     model = DecoupledSegmenter(classifier.encoder.out_channels, width, pool5_size)
-    if latest is None and cfg.weights != "none":
+    if resume is None and cfg.weights != "none":
         _load_weights(model, cfg.weights)
     model.to(device, memory_format=fmt)
     cls_forward: nn.Module = torch.compile(classifier) if cfg.compile else classifier
@@ -114,7 +115,7 @@ def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> Seg
         return segment(cls_forward, classifier, segmenter, images, subsets, cfg.amp), target
 
     train_on_strong_crops(
-        cfg, info, device, train_set, plan, config, latest, model, forward, on_step
+        cfg, info, device, train_set, plan, config, resume, model, forward, on_step
     )
     if info.is_main:
         model_config = {
@@ -167,11 +168,7 @@ def _load_weights(model: DecoupledSegmenter, weights: str) -> None:
     try:
         model.load_state_dict(saved.get("model", saved))
     except (RuntimeError, AttributeError) as e:
-        # Line 1 is "Error(s) in loading state_dict for ...:"; the next says which keys.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
-        detail = detail if len(detail) <= 200 else detail[:197] + "..."
-        raise UserError(f"{weights}: does not fit this segmenter ({detail})") from e
+        raise UserError(f"{weights}: does not fit this segmenter ({mismatch(e)})") from e
 
 
 def _check(cfg: SegConfig, classifier: Classifier) -> None:

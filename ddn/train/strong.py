@@ -204,12 +204,12 @@ def train_on_strong_crops(
     train_set: CropDataset,
     plan: StrongSchedule,
     config: dict[str, Any],
-    latest: Path | None,
+    resume: checkpoint.Resume | None,
     model: nn.Module,
     forward: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, Tensor]],
     on_step: loop.StepHook | None,
 ) -> None:
-    """train-seg's optimisation of ``model``, from its first weights (or ``latest``) to its
+    """train-seg's optimisation of ``model``, from its first weights (or ``resume``'s) to its
     final BN statistics; leaves it in eval mode. The DeconvNet baseline trains through
     this too, so that the comparison differs only in the model.
 
@@ -220,7 +220,7 @@ def train_on_strong_crops(
     """
     run, n = Path(cfg.out), plan.crops
     optimizer, scheduler, step = loop.strong_optimizer(
-        model, cfg, plan.iters, plan.decay_step, latest, device
+        model, cfg, plan.iters, plan.decay_step, resume
     )
     decay = f"lr x0.1 at step {plan.decay_step}" if plan.decay_step < plan.iters else "no lr decay"
     loop.print_plan(
@@ -231,6 +231,7 @@ def train_on_strong_crops(
     device_crops = _device_crops(cfg.crop_path, train_set, device)
     sampler = StepBatchSampler(n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info)
     batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
+    latest = resume.path if resume else None
     metrics = loop.open_metrics(run, info, step, latest)
     progress = loop.Progress(plan.iters, step, metrics, info, cfg.log_every, config["trainer"])
     state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, plan.global_batch, n)
