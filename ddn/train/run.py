@@ -11,6 +11,8 @@ A run directory (``--out``) holds:
   (`ddn.train.checkpoint.read_resume`).
 - ``model.pt``: the final weights and the config, what the next stage loads
   (train-seg loads a classifier run's, eval a segmenter run's).
+- ``events.out.tfevents.*``: metrics.csv's rows (and train-seg's crops) for TensorBoard,
+  unless ``--no-tensorboard`` (`ddn.train.tensorboard`).
 
 Everything saved loads with ``torch.load(weights_only=True)``: RNG states are stored
 as tensors and plain Python values, never as pickled objects. A write that fails (a full
@@ -27,7 +29,7 @@ import random
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -52,6 +54,7 @@ RUNTIME_KEYS = frozenset(
         "channels_last",
         "log_every",
         "ckpt_every",
+        "tensorboard",
         "val_every",
         "crop_path",
         "out",
@@ -177,9 +180,16 @@ def changed_settings(saved: Mapping[str, Any], config: Mapping[str, Any]) -> str
     return ", ".join(f"{k} ({saved.get(k)!r} -> {config.get(k)!r})" for k in changed[:4])
 
 
+class RowSink(Protocol):
+    """Where a `MetricsLog` also sends its rows (`ddn.train.tensorboard.Board`)."""
+
+    def scalars(self, row: Mapping[str, Any]) -> None: ...
+
+
 class MetricsLog:
     """Append-only CSV of metrics; on resume, rows past the resumed step are dropped
-    (they are about to be recomputed). A row is written whole or not at all."""
+    (they are about to be recomputed). A row is written whole or not at all, then also
+    goes to the sink given to `mirror` (TensorBoard), if any."""
 
     def __init__(self, path: Path, columns: Iterable[str], resume_step: int | None) -> None:
         self.path = Path(path)
@@ -193,6 +203,11 @@ class MetricsLog:
         # Rewritten through a temporary file: a full disk must not cost the kept rows.
         text = self._csv(rows, header=True)
         atomic_write_bytes(self.path, lambda f: f.write(text.encode()), "metrics")
+        self.sink: RowSink | None = None
+
+    def mirror(self, sink: RowSink) -> None:
+        """Send every row written from now on to ``sink`` as well."""
+        self.sink = sink
 
     def has(self, step: int, column: str) -> bool:
         """Whether a row of ``step`` has a value in ``column`` (e.g. a validation)."""
@@ -202,6 +217,8 @@ class MetricsLog:
     def write(self, row: Mapping[str, Any]) -> None:
         clean = {k: _cell(v) for k, v in row.items()}
         append_text(self.path, self._csv([clean]), "metrics")
+        if self.sink is not None:
+            self.sink.scalars(row)
 
     def _csv(self, rows: Iterable[Mapping[str, Any]], header: bool = False) -> str:
         out = io.StringIO()
