@@ -122,6 +122,12 @@ def training_options(
             help="CUDA: channels_last memory format.",
         ),
         click.option("--log-every", default=20, help="Steps between metrics.csv rows."),
+        click.option(
+            "--tensorboard/--no-tensorboard",
+            default=True,
+            help="TensorBoard event files beside metrics.csv (when TensorBoard is installed: "
+            "pip install 'ddn[tensorboard]').",
+        ),
         click.option("--ckpt-every", default=500, help="Steps between checkpoints."),
     )
 

@@ -30,6 +30,7 @@ from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
 from ddn.train.run import save_model
 from ddn.train.schedule import LRSchedule
+from ddn.train.tensorboard import open_board
 from pipeline.errors import UserError
 from pipeline.readers import WeakDataset
 
@@ -69,6 +70,7 @@ class ClsConfig:
     amp: bool = True  # bf16 autocast on CUDA
     channels_last: bool = True  # on CUDA
     log_every: int = 20
+    tensorboard: bool = True  # event files beside metrics.csv, when installed
     ckpt_every: int = 500
     val_every: int | None = None  # steps; None: an epoch, at most MAX_VALIDATIONS a run
 
@@ -140,6 +142,7 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
     loader = loop.make_loader(train_set, sampler, cfg.workers, device)
     ap_columns = [f"ap_{c}" for c in classes]
     metrics = loop.open_metrics(run, info, step, latest, ["val_map", *ap_columns])
+    board = open_board(metrics, run, step, cfg.tensorboard)
     progress = loop.Progress(iters, step, metrics, info, cfg.log_every, "train-cls")
     state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, global_batch, n)
     ckpt = checkpoint.Checkpointer(run, cfg.ckpt_every, info, latest, state)
@@ -177,6 +180,7 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
         after_step=maybe_validate, on_step=on_step,
     )  # fmt: skip
     validate(step)
+    board.close()
     ckpt.maybe_save(step, force=True)
     if info.is_main:
         model_config = {

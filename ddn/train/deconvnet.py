@@ -61,6 +61,7 @@ class DeconvConfig:
     channels_last: bool = True
     crop_path: str = "auto"
     log_every: int = 20
+    tensorboard: bool = True  # event files beside metrics.csv, when installed
     ckpt_every: int = 500
 
 

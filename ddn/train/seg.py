@@ -56,6 +56,7 @@ class SegConfig:
     channels_last: bool = True  # on CUDA
     crop_path: str = "auto"
     log_every: int = 20
+    tensorboard: bool = True  # event files beside metrics.csv, when installed
     ckpt_every: int = 500
 
 

@@ -37,6 +37,7 @@ from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.distributed import DistInfo, StepBatchSampler, all_reduce_mean
 from ddn.train.gpu_crops import DeviceCrops
 from ddn.train.schedule import segmenter_schedule
+from ddn.train.tensorboard import open_board
 from pipeline.cropping import IGNORE
 from pipeline.errors import UserError
 from pipeline.manifest import read_manifest
@@ -68,6 +69,7 @@ class StrongConfig(Protocol):
     compile: bool
     crop_path: str
     log_every: int
+    tensorboard: bool
     ckpt_every: int
 
 
@@ -216,7 +218,8 @@ def train_on_strong_crops(
     ``forward(module, batch)`` gives a micro-batch's (logits, target), trained with
     `segmentation_loss` under SGD (or AdamW) with one x0.1 decay. BN statistics are then
     averaged over ``cfg.bn_batches`` batches of index stream 1: the training order (stream
-    0) stays the same whether, and over how many batches, they are re-estimated.
+    0) stays the same whether, and over how many batches, they are re-estimated. Some
+    steps' crops, targets and outputs go to TensorBoard (`ddn.train.tensorboard`).
     """
     run, n = Path(cfg.out), plan.crops
     optimizer, scheduler, step = loop.strong_optimizer(
@@ -233,6 +236,7 @@ def train_on_strong_crops(
     batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
     latest = resume.path if resume else None
     metrics = loop.open_metrics(run, info, step, latest)
+    board = open_board(metrics, run, step, cfg.tensorboard)
     progress = loop.Progress(plan.iters, step, metrics, info, cfg.log_every, config["trainer"])
     state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, plan.global_batch, n)
     ckpt = checkpoint.Checkpointer(run, cfg.ckpt_every, info, latest, state)
@@ -241,6 +245,7 @@ def train_on_strong_crops(
 
     def micro_loss(batch: dict[str, Tensor]) -> Tensor:
         logits, target = forward(train_model, batch)
+        board.keep_crops(batch["image"], target, logits)
         channels = logits.shape[1]
         if channels not in weights:
             weights[channels] = plan.class_weight(channels, logits.device)
@@ -250,8 +255,9 @@ def train_on_strong_crops(
     step = loop.train_steps(
         train_model, micro_loss, batches, optimizer, scheduler, progress, ckpt,
         step=step, iters=plan.iters, accum=plan.accum, global_batch=plan.global_batch,
-        epoch_size=n, on_step=on_step,
+        epoch_size=n, after_step=board.show_crops, on_step=on_step,
     )  # fmt: skip
+    board.close()
     ckpt.maybe_save(step, force=True)
 
     bn_steps = math.ceil(cfg.bn_batches / info.world_size)
