@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import socket
@@ -73,3 +74,5 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert config["world_size"] == 2 and config["global_batch"] == 2 * 2 * 2
     with (out / "seg" / "metrics.csv").open() as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]  # rank 0 only
+    if importlib.util.find_spec("tensorboard") is not None:  # events too: rank 0's alone
+        assert len(list((out / "seg").glob("events.out.tfevents.*"))) == 1
