@@ -92,6 +92,17 @@ def run_dir_option() -> Decorator:
     return click.option("--out", type=PATH, required=True, help="The run directory.")
 
 
+def wait_option(directory: str) -> Decorator:
+    """--wait: when another ddn command is writing `directory`, wait for it instead of
+    stopping (`pipeline.lock`)."""
+    return click.option(
+        "--wait",
+        is_flag=True,
+        help=f"If another ddn command is writing {directory}, wait for it to finish "
+        "instead of stopping.",
+    )
+
+
 def training_options(
     *,
     seeds: str,
