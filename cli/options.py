@@ -110,7 +110,7 @@ def training_options(
     workers: str = "DataLoader worker processes.",
     beside_device: tuple[Decorator, ...] = (),
 ) -> Decorator:
-    """--device ... --ckpt-every: how a trainer runs, as opposed to what it learns.
+    """--device ... --wait: how a trainer runs, as opposed to what it learns.
 
     The help differs only where the trainers do: `seeds` names what --seed seeds besides
     the init and the data order, `compiles` what --compile compiles, `workers` is the
@@ -134,6 +134,7 @@ def training_options(
         ),
         click.option("--log-every", default=20, help="Steps between metrics.csv rows."),
         click.option("--ckpt-every", default=500, help="Steps between checkpoints."),
+        wait_option("--out"),
     )
 
 

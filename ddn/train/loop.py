@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +42,7 @@ from ddn.train.run import (
     open_run,
 )
 from pipeline.errors import UserError
+from pipeline.lock import exclusive_dir
 from pipeline.progress import is_terminal
 
 StepHook = Callable[[int], None]
@@ -52,11 +53,14 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the run stops, the last checkpoint stays."""
 
 
-def run_distributed(device: str, train: Callable[[DistInfo], R]) -> R:
-    """``train(info)`` inside torchrun's process group (when there is one), always left after."""
+def run_distributed(device: str, train: Callable[[DistInfo, ExitStack], R]) -> R:
+    """``train(info, held)`` inside torchrun's process group (when there is one), always
+    left after; what ``train`` enters into ``held`` (the run directory's lock, taken by
+    `open_run_on_all_ranks`) is released when it returns or raises."""
     info = init_distributed(device_type(device))
     try:
-        return train(info)
+        with ExitStack() as held:
+            return train(info, held)
     finally:
         cleanup_distributed(info)
 
@@ -154,14 +158,24 @@ def run_config(cfg: Any, trainer: str, **resolved: Any) -> dict[str, Any]:
 
 
 def open_run_on_all_ranks(
-    run: Path, config: dict[str, Any], resume: bool, info: DistInfo
+    run: Path,
+    config: dict[str, Any],
+    resume: bool,
+    info: DistInfo,
+    held: ExitStack,
+    wait: bool = False,
 ) -> Path | None:
-    """Rank 0 creates (or checks) the run directory; every rank gets the checkpoint to resume.
+    """Rank 0 locks the run directory into ``held`` (to the end of the run; a second writer
+    stops, or with ``wait`` waits), then creates or checks it; every rank gets the
+    checkpoint to resume. Locked here, not earlier: a run refused before leaves no directory.
 
     The others look only after the barrier: rank 0 may refuse the run, and must have
     written config.json before anyone trains.
     """
-    latest = open_run(run, config, resume) if info.is_main else None
+    latest = None
+    if info.is_main:
+        held.enter_context(exclusive_dir(run, "run directory", wait))
+        latest = open_run(run, config, resume)
     barrier(info)
     if not info.is_main and resume:
         latest = latest_checkpoint(run)
