@@ -28,7 +28,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 LOCK_FILE = ".ddn.lock"
-HOLDER_WRITE_S = 1.0  # how long to wait for a holder that just took the lock to say who it is
+HOLDER_WRITE_S = 1.0  # how long a holder that just took the lock may take to say who it is
 _COMMAND_CHARS = 200
 
 # Locks this process holds (file descriptors). A forked child (a DataLoader worker) would
@@ -68,30 +68,44 @@ def exclusive_dir(path: Path, what: str, wait: bool = False) -> Iterator[Path]:
         raise UserError(f"{path}: cannot write here ({e.strerror or e})") from None
     opener = os.getpid()
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            if not wait:
-                raise UserError(
-                    f"{path}: {what} in use by {holder}; wait for it to finish, or pass --wait"
-                ) from None
-            print(f"waiting for {path}: held by {holder}", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        _acquire(fd, path, what, wait)
         _held.add(fd)
-        _record_holder(fd)
         try:
+            _record_holder(fd)
             yield path
         finally:
             if os.getpid() == opener:
                 _held.discard(fd)
-                os.ftruncate(fd, 0)  # nobody holds it: say nothing about a past holder
+                with suppress(OSError):  # nobody holds it: say nothing about a past holder
+                    os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         # A forked child leaving the block: its copy is closed already and the number may
         # name another file now.
         if os.getpid() == opener:
             os.close(fd)
+
+
+def _acquire(fd: int, path: Path, what: str, wait: bool) -> None:
+    deadline = time.monotonic() + HOLDER_WRITE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = _holder(fd)
+        # Empty between a holder's flock and its write, or after it let go: look again.
+        if holder is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            continue
+        holder = holder or "another process"
+        if not wait:
+            raise UserError(
+                f"{path}: {what} in use by {holder}; wait for it to finish, or pass --wait"
+            )
+        print(f"waiting for {path}: held by {holder}", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
 
 
 def _record_holder(fd: int) -> None:
@@ -105,19 +119,17 @@ def _record_holder(fd: int) -> None:
         "since": datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": command,
     }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    # Only for the message of a second command: a full disk must not stop this one.
+    with suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
 
 
-def _holder(fd: int) -> str:
-    """The holder in words, from the lock file: 'pid N on HOST since T (COMMAND)'."""
-    deadline = time.monotonic() + HOLDER_WRITE_S
-    while True:
-        try:
-            info = json.loads(os.pread(fd, 4096, 0).decode())
-            return f"pid {info['pid']} on {info['host']} since {info['since']} ({info['command']})"
-        except (OSError, ValueError, KeyError, TypeError):
-            # Between the holder's flock and its write the file is empty (or half written).
-            if time.monotonic() > deadline:
-                return "another process"
-            time.sleep(0.05)
+def _holder(fd: int) -> str | None:
+    """The holder in words, from the lock file: 'pid N on HOST since T (COMMAND)'; None
+    while the file says nothing whole."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"pid {info['pid']} on {info['host']} since {info['since']} ({info['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
