@@ -13,9 +13,11 @@ from pathlib import Path
 
 import click
 
+from cli.options import wait_option
 from pipeline.build import CropSettings
 from pipeline.datasets import load_dataset
 from pipeline.inspect import draw_grid, format_summary, summarize
+from pipeline.lock import exclusive_dir
 from pipeline.outpaths import check_output_dir, write_text
 from pipeline.prepare import ShardSettings, SplitSettings, prepare
 from pipeline.proposals import ProposalConfig
@@ -40,6 +42,7 @@ from pipeline.synth import generate
 @click.option("--device", default="auto", help="auto | cpu | cuda.")
 @click.option("--jobs", default=-1, help="Parallel workers for prepare.")
 @click.option("--seed", default=0)
+@wait_option("a directory under --out")
 def command(
     out: Path,
     images: int,
@@ -53,6 +56,7 @@ def command(
     device: str,
     jobs: int,
     seed: int,
+    wait: bool,
 ) -> None:
     """Make a synthetic dataset, prepare it, train both networks and evaluate them."""
     check_output_dir(out, "--out")  # before the imports below, which take seconds
@@ -62,6 +66,8 @@ def command(
     from ddn.train.seg import SegConfig, train_seg
 
     started = time.time()
+    # The whole workspace too: a second demo would regenerate data/ under this one's prepare.
+    click.get_current_context().with_resource(exclusive_dir(out, "demo directory", wait))
     data, prepared = out / "data", out / "prepared"
     click.echo(f"[1/5] synthetic dataset -> {data}")
     generate(data, images=images, classes=classes, size=size, seed=seed, val_fraction=0.2)
@@ -75,6 +81,7 @@ def command(
         ShardSettings(jobs=jobs),
         dataset_config={"root": str(data.resolve())},
         overwrite=True,  # the synthetic set was just rewritten: same config resumes
+        wait=wait,
     )
     grid_crops = draw_grid(prepared, out / "crops.png", n=16, seed=seed)
     click.echo(format_summary(summarize(prepared)))
@@ -105,6 +112,7 @@ def command(
             workers=2,
             seed=seed,
             resume=resume(out / "cls"),
+            wait=wait,
         )
     )
     click.echo(f"[4/5] train-seg -> {out / 'seg'}")
@@ -121,6 +129,7 @@ def command(
             workers=2,
             seed=seed,
             resume=resume(out / "seg"),
+            wait=wait,
         )
     )
     click.echo(f"[5/5] eval -> {out / 'eval'}")

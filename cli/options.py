@@ -92,6 +92,17 @@ def run_dir_option() -> Decorator:
     return click.option("--out", type=PATH, required=True, help="The run directory.")
 
 
+def wait_option(directory: str) -> Decorator:
+    """--wait: when another ddn command is writing `directory`, wait for it instead of
+    stopping (`pipeline.lock`)."""
+    return click.option(
+        "--wait",
+        is_flag=True,
+        help=f"If another ddn command is writing {directory}, wait for it to finish "
+        "instead of stopping.",
+    )
+
+
 def training_options(
     *,
     seeds: str,
@@ -99,7 +110,7 @@ def training_options(
     workers: str = "DataLoader worker processes.",
     beside_device: tuple[Decorator, ...] = (),
 ) -> Decorator:
-    """--device ... --ckpt-every: how a trainer runs, as opposed to what it learns.
+    """--device ... --wait: how a trainer runs, as opposed to what it learns.
 
     The help differs only where the trainers do: `seeds` names what --seed seeds besides
     the init and the data order, `compiles` what --compile compiles, `workers` is the
@@ -129,6 +140,7 @@ def training_options(
             "pip install 'ddn[tensorboard]').",
         ),
         click.option("--ckpt-every", default=500, help="Steps between checkpoints."),
+        wait_option("--out"),
     )
 
 

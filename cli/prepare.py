@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.options import wait_option
 from pipeline.build import CropSettings
 from pipeline.errors import UserError
 from pipeline.prepare import NEGATIVES, ShardSettings, SplitSettings, prepare
@@ -130,6 +131,7 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
     help="Skip unusable images (listed in the manifest) instead of stopping.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a directory prepared differently.")
+@wait_option("OUT")
 def command(
     out: Path,
     dataset: str,
@@ -162,6 +164,7 @@ def command(
     jobs: int,
     skip_bad: bool,
     overwrite: bool,
+    wait: bool,
 ) -> None:
     """Build splits and shards (images, label maps, combinatorial crop geometry) in OUT."""
     from pipeline.datasets import load_dataset
@@ -219,6 +222,7 @@ def command(
         shards,
         skip_bad=skip_bad,
         overwrite=overwrite,
+        wait=wait,
         dataset_config={
             k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in options.items()
         },

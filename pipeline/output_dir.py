@@ -31,9 +31,9 @@ def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def check_output_dir(out: Path, chash: str, overwrite: bool, config: dict) -> dict | None:
-    """The manifest to resume from, or None for a fresh start; refuses mixing configs."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
+    """The manifest to resume from, or None for a fresh start; refuses mixing configs.
+
+    ``out`` exists: its lock made it (and refused a file in its place)."""
     manifest_path = out / MANIFEST
     old = _previous_manifest(manifest_path) if manifest_path.is_file() else None
     if old is None and out.is_dir() and (manifest_path.is_file() or any(out.glob("*-*.h5"))):
@@ -68,7 +68,6 @@ def check_output_dir(out: Path, chash: str, overwrite: bool, config: dict) -> di
             if p.suffix == ".h5" or p.name in (MANIFEST, "splits", *SCAN_CACHES):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
-        out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-probe"
         probe.write_bytes(b"ok")
         probe.unlink()

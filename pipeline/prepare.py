@@ -5,7 +5,8 @@ labels or a scan of its mask, cached) -> with ``negatives="drop"``, leave out th
 background-only images -> choose weak / strong / val -> cut the lists into shard
 tasks -> run the tasks not already finished with joblib, updating the manifest after
 each. Re-running the same command resumes; a different config into the same
-directory is refused unless ``overwrite``.
+directory is refused unless ``overwrite``; a second command while one runs is refused
+(or waits), as the two would write the same files (`pipeline.lock`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ddn import __version__
 from pipeline.build import CropSettings, ShardTask, build_shard
 from pipeline.errors import BadInputError, UserError
 from pipeline.imageio import check_label_values, classes_in, load_label_map
+from pipeline.lock import exclusive_dir
 from pipeline.manifest import config_hash, write_manifest
 from pipeline.output_dir import SCAN_CACHES, check_output_dir, finished_shards
 from pipeline.progress import progress
@@ -139,9 +141,27 @@ def prepare(
     skip_bad: bool = False,
     overwrite: bool = False,
     dataset_config: dict[str, Any] | None = None,
+    wait: bool = False,
 ) -> dict:
-    """Prepare ``ds`` into ``out``; returns the final manifest."""
+    """Prepare ``ds`` into ``out``; returns the final manifest.
+
+    ``out`` has one writer at a time (`pipeline.lock`): another `prepare` into it is
+    refused, naming the holder, or with ``wait`` waited for.
+    """
     out = Path(out)
+    config = _config(ds, split, crops, shards, dataset_config)
+    with exclusive_dir(out, "prepared directory", wait):
+        return _prepare_locked(ds, out, split, crops, shards, config, skip_bad, overwrite)
+
+
+def _config(
+    ds: DatasetSplits,
+    split: SplitSettings,
+    crops: CropSettings,
+    shards: ShardSettings,
+    dataset_config: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Every setting that shapes the output (its hash names the configuration)."""
     config = {
         "format_version": FORMAT_VERSION,
         "dataset": {"name": ds.name, **(dataset_config or {})},
@@ -162,6 +182,19 @@ def prepare(
         if not Path(split.strong_list).is_file():
             raise UserError(f"{split.strong_list}: strong list file not found")
         config["split"]["strong_list_sha256"] = sha256_file(Path(split.strong_list))
+    return config
+
+
+def _prepare_locked(
+    ds: DatasetSplits,
+    out: Path,
+    split: SplitSettings,
+    crops: CropSettings,
+    shards: ShardSettings,
+    config: dict[str, Any],
+    skip_bad: bool,
+    overwrite: bool,
+) -> dict:
     chash = config_hash(config)
     old = check_output_dir(out, chash, overwrite, config)
 

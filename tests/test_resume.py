@@ -123,8 +123,8 @@ def test_resume_with_other_settings_or_reuse_without_resume_refused(prep, cls_ru
         train_seg(seg_config(prep, cls_run, out, iters=4))
     with pytest.raises(UserError, match=r"different settings: lr \(0.01 -> 0.02\)"):
         train_seg(seg_config(prep, cls_run, out, iters=4, lr=0.02, resume=True))
-    # Runtime settings (workers, crop path, logging) may change.
-    train_seg(seg_config(prep, cls_run, out, iters=4, resume=True, log_every=2))
+    # Runtime settings (workers, crop path, logging, waiting for the lock) may change.
+    train_seg(seg_config(prep, cls_run, out, iters=4, resume=True, log_every=2, wait=True))
     assert (out / "model.pt").is_file()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class ClsConfig:
     tensorboard: bool = True  # event files beside metrics.csv, when installed
     ckpt_every: int = 500
     val_every: int | None = None  # steps; None: an epoch, at most MAX_VALIDATIONS a run
+    wait: bool = False  # for the run directory's lock, if another command holds it
 
 
 @dataclass
@@ -86,10 +88,12 @@ class ClsResult:
 
 def train_cls(cfg: ClsConfig, on_step: loop.StepHook | None = None) -> ClsResult:
     """Train (or resume) a classifier run; returns the final model and validation AP."""
-    return loop.run_distributed(cfg.device, lambda info: _train(cfg, info, on_step))
+    return loop.run_distributed(cfg.device, lambda info, held: _train(cfg, info, held, on_step))
 
 
-def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> ClsResult:
+def _train(
+    cfg: ClsConfig, info: DistInfo, held: ExitStack, on_step: loop.StepHook | None
+) -> ClsResult:
     device, fmt = loop.setup_device(cfg.device, cfg.channels_last, info)
     run = Path(cfg.out)
     _check(cfg)
@@ -119,7 +123,7 @@ def _train(cfg: ClsConfig, info: DistInfo, on_step: loop.StepHook | None) -> Cls
         world_size=info.world_size, global_batch=global_batch, train_images=n,
         classes=classes, num_classes=len(classes),
     )  # fmt: skip
-    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
+    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
     latest = resume.path if resume else None
 
     torch.manual_seed(cfg.seed)

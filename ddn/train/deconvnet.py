@@ -16,6 +16,7 @@ at the decay step, then BN statistics re-estimated over ``bn_batches`` batches.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class DeconvConfig:
     log_every: int = 20
     tensorboard: bool = True  # event files beside metrics.csv, when installed
     ckpt_every: int = 500
+    wait: bool = False  # for the run directory's lock, if another command holds it
 
 
 @dataclass
@@ -74,10 +76,12 @@ class DeconvResult:
 
 def train_deconvnet(cfg: DeconvConfig, on_step: loop.StepHook | None = None) -> DeconvResult:
     """Train (or resume) a DeconvNet baseline run; returns the final model."""
-    return loop.run_distributed(cfg.device, lambda info: _train(cfg, info, on_step))
+    return loop.run_distributed(cfg.device, lambda info, held: _train(cfg, info, held, on_step))
 
 
-def _train(cfg: DeconvConfig, info: DistInfo, on_step: loop.StepHook | None) -> DeconvResult:
+def _train(
+    cfg: DeconvConfig, info: DistInfo, held: ExitStack, on_step: loop.StepHook | None
+) -> DeconvResult:
     device, fmt = loop.setup_device(cfg.device, cfg.channels_last, info)
     run = Path(cfg.out)
     _check(cfg)
@@ -89,7 +93,7 @@ def _train(cfg: DeconvConfig, info: DistInfo, on_step: loop.StepHook | None) -> 
     config = loop.run_config(
         cfg, TRAINER, kind=KIND, warp_size=warp, **plan.config(), classes=train_set.classes[1:]
     )
-    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
+    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
 
     torch.manual_seed(cfg.seed)
     model = DeconvNet(train_set.num_classes, cfg.arch, cfg.width, cfg.input_size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from ddn.train.distributed import (
 from ddn.train.interrupt import BufferSnapshot, deferred_interrupt
 from ddn.train.run import METRICS, MetricsLog, open_run
 from pipeline.errors import UserError
+from pipeline.lock import exclusive_dir
 from pipeline.progress import is_terminal
 
 StepHook = Callable[[int], None]
@@ -47,11 +48,14 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the run stops, the last checkpoint stays."""
 
 
-def run_distributed(device: str, train: Callable[[DistInfo], R]) -> R:
-    """``train(info)`` inside torchrun's process group (when there is one), always left after."""
+def run_distributed(device: str, train: Callable[[DistInfo, ExitStack], R]) -> R:
+    """``train(info, held)`` inside torchrun's process group (when there is one), always
+    left after; what ``train`` enters into ``held`` (the run directory's lock, taken by
+    `open_run_on_all_ranks`) is released when it returns or raises."""
     info = init_distributed(device_type(device))
     try:
-        return train(info)
+        with ExitStack() as held:
+            return train(info, held)
     finally:
         cleanup_distributed(info)
 
@@ -149,9 +153,16 @@ def run_config(cfg: Any, trainer: str, **resolved: Any) -> dict[str, Any]:
 
 
 def open_run_on_all_ranks(
-    run: Path, config: dict[str, Any], resume: bool, info: DistInfo
+    run: Path,
+    config: dict[str, Any],
+    resume: bool,
+    info: DistInfo,
+    held: ExitStack,
+    wait: bool = False,
 ) -> Resume | None:
-    """Rank 0 creates (or checks) the run directory; every rank gets the checkpoint to resume.
+    """Rank 0 locks the run directory into ``held`` (to the end of the run; a second writer
+    stops, or with ``wait`` waits), then creates or checks it; every rank gets the
+    checkpoint to resume. Locked here, not earlier: a run refused before leaves no directory.
 
     The others look only after the barrier: rank 0 may refuse the run, must have written
     config.json before anyone trains, and has moved torn checkpoints aside (so that all
@@ -159,6 +170,7 @@ def open_run_on_all_ranks(
     """
     found = None
     if info.is_main:
+        held.enter_context(exclusive_dir(run, "run directory", wait))
         open_run(run, config, resume)
         found = read_resume(run, config) if resume else None
     barrier(info)

@@ -58,6 +58,7 @@ RUNTIME_KEYS = frozenset(
         "val_every",
         "crop_path",
         "out",
+        "wait",
     }
 )
 

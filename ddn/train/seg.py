@@ -11,6 +11,7 @@ DeconvNet baseline.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class SegConfig:
     log_every: int = 20
     tensorboard: bool = True  # event files beside metrics.csv, when installed
     ckpt_every: int = 500
+    wait: bool = False  # for the run directory's lock, if another command holds it
 
 
 @dataclass
@@ -69,10 +71,12 @@ class SegResult:
 
 def train_seg(cfg: SegConfig, on_step: loop.StepHook | None = None) -> SegResult:
     """Train (or resume) a segmenter run on a frozen classifier; returns the final model."""
-    return loop.run_distributed(cfg.device, lambda info: _train(cfg, info, on_step))
+    return loop.run_distributed(cfg.device, lambda info, held: _train(cfg, info, held, on_step))
 
 
-def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> SegResult:
+def _train(
+    cfg: SegConfig, info: DistInfo, held: ExitStack, on_step: loop.StepHook | None
+) -> SegResult:
     device, fmt = loop.setup_device(cfg.device, cfg.channels_last, info)
     run = Path(cfg.out)
 
@@ -101,7 +105,7 @@ def _train(cfg: SegConfig, info: DistInfo, on_step: loop.StepHook | None) -> Seg
         warp_size=warp, **plan.config(), classes=train_set.classes[1:],
         classifier=classifier_info,
     )  # fmt: skip
-    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info)
+    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
 
     torch.manual_seed(cfg.seed)
     pool5_size = input_size // 32
