@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ddn import __version__
-from ddn.train import checkpoint, loop
+from ddn.train import checkpoint, loop, start
 from ddn.train.distributed import DistInfo
 from ddn.train.run import MetricsLog, checkpoints, load_checkpoint
 
@@ -100,7 +100,7 @@ class _Cfg:
 
 
 def test_run_config_keeps_field_order_and_appends_the_rest(tmp_path):
-    config = loop.run_config(_Cfg("rel", "o"), "train-x", iters=7, extra=[1])
+    config = start.run_config(_Cfg("rel", "o"), "train-x", iters=7, extra=[1])
     assert list(config) == ["data", "out", "iters", "seed", "trainer", "extra", "ddn_version"]
     assert config["data"] == str(Path("rel").resolve()) and config["iters"] == 7
     assert config["ddn_version"] == __version__

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from ddn.metrics import mean_average_precision
 from ddn.models import Classifier, normalize
-from ddn.train import checkpoint, loop
+from ddn.train import checkpoint, loop, start
 from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
 from ddn.train.run import save_model
@@ -117,13 +117,13 @@ def _train(
     val_every = cfg.val_every or max(
         math.ceil(n / global_batch), math.ceil(iters / MAX_VALIDATIONS)
     )
-    config = loop.run_config(
+    config = start.run_config(
         cfg, "train-cls", iters=iters, warmup=warmup, milestones=list(milestones),
         val_every=val_every, pos_weight_values=[round(w, 4) for w in pos_weight.tolist()],
         world_size=info.world_size, global_batch=global_batch, train_images=n,
         classes=classes, num_classes=len(classes),
     )  # fmt: skip
-    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
+    resume = start.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
     latest = resume.path if resume else None
 
     torch.manual_seed(cfg.seed)
@@ -145,7 +145,7 @@ def _train(
     sampler = StepBatchSampler(n, cfg.batch, 1, iters, step, cfg.seed, info)
     loader = loop.make_loader(train_set, sampler, cfg.workers, device)
     ap_columns = [f"ap_{c}" for c in classes]
-    metrics = loop.open_metrics(run, info, step, latest, ["val_map", *ap_columns])
+    metrics = start.open_metrics(run, info, step, latest, ["val_map", *ap_columns])
     board = open_board(metrics, run, step, cfg.tensorboard)
     progress = loop.Progress(iters, step, metrics, info, cfg.log_every, "train-cls")
     state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, global_batch, n)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ddn.models import normalize
 from ddn.models.deconvnet import KIND, DeconvNet
-from ddn.train import loop
+from ddn.train import loop, start
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run import save_model
 from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
@@ -90,10 +90,10 @@ def _train(
         cfg.data, warp_size=warp, crop_size=cfg.input_size, seed=cfg.seed, target="classes"
     )
     plan = strong_schedule(cfg, train_set, info)
-    config = loop.run_config(
+    config = start.run_config(
         cfg, TRAINER, kind=KIND, warp_size=warp, **plan.config(), classes=train_set.classes[1:]
     )
-    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
+    resume = start.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
 
     torch.manual_seed(cfg.seed)
     model = DeconvNet(train_set.num_classes, cfg.arch, cfg.width, cfg.input_size)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
 from ddn.runs import load_classifier
-from ddn.train import loop
+from ddn.train import loop, start
 from ddn.train.checkpoint import mismatch
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run import load_checkpoint, load_model, save_model
@@ -100,12 +100,12 @@ def _train(
         "run": str(Path(cfg.cls).resolve()),
         "sha256": sha256_file(cls_model_file),
     }
-    config = loop.run_config(
+    config = start.run_config(
         cfg, "train-seg", cls=str(Path(cfg.cls).resolve()), input_size=input_size, width=width,
         warp_size=warp, **plan.config(), classes=train_set.classes[1:],
         classifier=classifier_info,
     )  # fmt: skip
-    resume = loop.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
+    resume = start.open_run_on_all_ranks(run, config, cfg.resume, info, held, cfg.wait)
 
     torch.manual_seed(cfg.seed)
     pool5_size = input_size // 32

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddn.train import checkpoint, loop
+from ddn.train import checkpoint, loop, start
 from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.distributed import DistInfo, StepBatchSampler, all_reduce_mean
 from ddn.train.gpu_crops import DeviceCrops
@@ -235,7 +235,7 @@ def train_on_strong_crops(
     sampler = StepBatchSampler(n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info)
     batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
     latest = resume.path if resume else None
-    metrics = loop.open_metrics(run, info, step, latest)
+    metrics = start.open_metrics(run, info, step, latest)
     board = open_board(metrics, run, step, cfg.tensorboard)
     progress = loop.Progress(plan.iters, step, metrics, info, cfg.log_every, config["trainer"])
     state = checkpoint.checkpoint_state(model, optimizer, scheduler, config, plan.global_batch, n)
