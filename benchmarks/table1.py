@@ -2,7 +2,7 @@
 
 For each strong count (``--per-class``, default 5 and 10 per class; ``--full`` adds
 every mask) the script trains and evaluates (mIoU over C+1 classes on the val split,
-with `cli.eval.evaluate`, the code behind ``ddn eval``):
+with `ddn.evaluation.evaluate_models`, the code behind ``ddn eval``):
 
 - **DecoupledNet**: classifier on every training image's labels (the weak set; one run
   shared by all rows), then bridge + segmenter on the strong crops;
@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli.eval import _json_safe, evaluate  # noqa: E402
+from ddn.evaluation import evaluate_models, json_safe  # noqa: E402
 from ddn.runs import load_for_inference, resolve_device  # noqa: E402
 from ddn.train.cls import ClsConfig, train_cls  # noqa: E402
 from ddn.train.deconvnet import DeconvConfig, train_deconvnet  # noqa: E402
@@ -191,7 +191,7 @@ def _deconvnet(args: argparse.Namespace, prep: Path, run: Path) -> Path:
 
 def _miou(args: argparse.Namespace, prep: Path, seg: Path, cls: Path | None) -> dict[str, Any]:
     models = load_for_inference(cls, seg, resolve_device(args.device))
-    return evaluate(prep, models, workers=args.workers, overlays=0)
+    return evaluate_models(prep, models, workers=args.workers, overlays=0)
 
 
 def run_table(args: argparse.Namespace) -> dict[str, Any]:
@@ -321,9 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     summary = run_table(args)
     (args.out / "table1.md").write_text(markdown(summary))
-    (args.out / "table1.json").write_text(json.dumps(_json_safe(summary), indent=1) + "\n")
+    (args.out / "table1.json").write_text(json.dumps(json_safe(summary), indent=1) + "\n")
     print(markdown(summary))
-    print(json.dumps(_json_safe(summary)))
+    print(json.dumps(json_safe(summary)))
 
 
 if __name__ == "__main__":

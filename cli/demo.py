@@ -60,7 +60,7 @@ def command(
 ) -> None:
     """Make a synthetic dataset, prepare it, train both networks and evaluate them."""
     check_output_dir(out, "--out")  # before the imports below, which take seconds
-    from cli.eval import _json_safe, evaluate_and_report, format_report
+    from ddn.evaluation import evaluate_and_report, format_report, json_safe
     from ddn.runs import load_models, resolve_device
     from ddn.train.cls import ClsConfig, train_cls
     from ddn.train.seg import SegConfig, train_seg
@@ -137,7 +137,7 @@ def command(
 
     def report(result: dict) -> None:
         click.echo(format_report(result))
-        write_text(out / "eval" / "metrics.json", json.dumps(_json_safe(result), indent=1))
+        write_text(out / "eval" / "metrics.json", json.dumps(json_safe(result), indent=1))
 
     evaluate_and_report(report, prepared, models, save_pred=out / "eval", overlays=8)
     click.echo(f"predictions    {out / 'eval'} (palette PNGs; overlays in eval/overlays/)")

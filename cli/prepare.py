@@ -1,4 +1,7 @@
-"""`ddn prepare`: build the weak / strong / val splits and the HDF5 shards."""
+"""`ddn prepare`: build the weak / strong / val splits and the HDF5 shards.
+
+The command line around `ddn.data.prepare` (``ddn.prepare``), which takes the same options.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,8 @@ from pathlib import Path
 import click
 
 from cli.options import wait_option
-from pipeline.build import CropSettings
-from pipeline.errors import UserError
-from pipeline.prepare import NEGATIVES, ShardSettings, SplitSettings, prepare
-from pipeline.proposals import ProposalConfig
-from pipeline.splits import parse_strong_per_class
+from ddn.data import prepare
+from pipeline.prepare import NEGATIVES
 
 PathArg = click.Path(path_type=Path)
 
@@ -167,65 +167,39 @@ def command(
     wait: bool,
 ) -> None:
     """Build splits and shards (images, label maps, combinatorial crop geometry) in OUT."""
-    from pipeline.datasets import load_dataset
-
-    if dataset == "voc":
-        options = {"root": root, "sbd_root": sbd_root}
-    elif dataset == "coco":
-        if ann is None:
-            raise UserError("--ann: required with --dataset coco")
-        cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
-        options = {
-            "root": root,
-            "ann": ann,
-            "val_root": val_root,
-            "val_ann": val_ann,
-            "categories": cats,
-        }
-    else:
-        options = {"root": root}
-    if not 0 < enclose <= 1:
-        raise UserError(f"--enclose: must be in (0, 1], got {enclose}")
-    if per_subset < 1 or max_subsets < 1 or shard_size < 1 or strong_shard_size < 1:
-        raise UserError("--proposals, --max-subsets and shard sizes must be at least 1")
-    shards = ShardSettings(shard_size, strong_shard_size, jobs)  # checks --jobs
-    ds = load_dataset(dataset, **options)
-    proposals = ProposalConfig(
-        method=method,
-        edge_model=str(edge_model) if edge_model else None,
-        max_boxes=max_boxes,
-        alpha=edgebox_alpha,
-        beta=edgebox_beta,
-        min_score=edgebox_min_score,
-    )
     manifest = prepare(
-        ds,
         out,
-        SplitSettings(
-            parse_strong_per_class(strong_per_class),
-            str(strong_list.resolve()) if strong_list else None,
-            weak_from,
-            allow_short,
-            seed,
-            negatives,
-        ),
-        CropSettings(
-            proposals,
-            per_subset,
-            enclose,
-            max_subsets,
-            materialize,
-            seed,
-            random_boxes,
-            whole_image,
-        ),
-        shards,
+        dataset=dataset,
+        root=root,
+        sbd_root=sbd_root,
+        ann=ann,
+        val_root=val_root,
+        val_ann=val_ann,
+        categories=categories,
+        strong_per_class=strong_per_class,
+        strong_list=strong_list,
+        weak_from=weak_from,
+        allow_short=allow_short,
+        negatives=negatives,
+        seed=seed,
+        method=method,
+        proposals=per_subset,
+        edge_model=edge_model,
+        max_boxes=max_boxes,
+        edgebox_alpha=edgebox_alpha,
+        edgebox_beta=edgebox_beta,
+        edgebox_min_score=edgebox_min_score,
+        enclose=enclose,
+        random_boxes=random_boxes,
+        whole_image=whole_image,
+        max_subsets=max_subsets,
+        materialize=materialize,
+        shard_size=shard_size,
+        strong_shard_size=strong_shard_size,
+        jobs=jobs,
         skip_bad=skip_bad,
         overwrite=overwrite,
         wait=wait,
-        dataset_config={
-            k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in options.items()
-        },
     )
     for w in manifest["warnings"]:
         click.echo(f"warning: {w}", err=True)

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ddn.model_file import MODEL, load_model
 from ddn.models import Classifier, DecoupledSegmenter, build_classifier
 from ddn.models.deconvnet import CONFIG_KEYS, DeconvNet, build_deconvnet
-from ddn.train.run import MODEL, load_model
 from pipeline.errors import UserError
 from pipeline.shards import sha256_file
 

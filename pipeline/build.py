@@ -67,6 +67,35 @@ def image_rng(seed: int, image_id: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+def strong_image_crops(
+    pixels: np.ndarray,
+    mask: np.ndarray,
+    labels: tuple[int, ...],
+    crops: CropSettings,
+    image_id: str,
+) -> tuple[CropTable, float]:
+    """The crop table of one strong image (``crop_image`` 0) and the seconds its
+    proposals took: proposals, then combinatorial crops, from one per-image random stream.
+    ``ddn.generate_crops`` calls this too, so it gives the boxes prepare writes."""
+    rng = image_rng(crops.seed, image_id)
+    t = time.perf_counter()
+    boxes, scores = propose(pixels, crops.proposals, rng)
+    seconds = time.perf_counter() - t
+    table = image_crops(
+        mask,
+        labels,
+        boxes,
+        scores,
+        crops.per_subset,
+        crops.enclose,
+        crops.max_subsets,
+        rng,
+        crops.random_boxes,
+        crops.whole_image,
+    )
+    return table, seconds
+
+
 def _multi_hot(labels: tuple[int, ...], num_classes: int) -> np.ndarray:
     v = np.zeros(num_classes, np.uint8)
     v[[c - 1 for c in labels]] = 1
@@ -128,22 +157,8 @@ def build_shard(task: ShardTask) -> tuple[dict, list[dict]]:
         if task.kind in ("strong", "val"):
             images.masks.append(encode_label_png(mask))
         if task.kind == "strong":
-            rng = image_rng(task.crops.seed, rec.id)
-            t = time.perf_counter()
-            boxes, scores = propose(pixels, task.crops.proposals, rng)
-            proposal_seconds += time.perf_counter() - t
-            table = image_crops(
-                mask,
-                labels,
-                boxes,
-                scores,
-                task.crops.per_subset,
-                task.crops.enclose,
-                task.crops.max_subsets,
-                rng,
-                task.crops.random_boxes,
-                task.crops.whole_image,
-            )
+            table, seconds = strong_image_crops(pixels, mask, labels, task.crops, rec.id)
+            proposal_seconds += seconds
             table.image[:] = row
             tables.append(table)
             if task.crops.materialize:

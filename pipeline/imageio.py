@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,6 +54,24 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
     if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
         raise BadInputError(path, "cannot decode image (corrupt or unsupported format)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def check_rgb(image: Any, what: str = "image") -> np.ndarray:
+    """``image`` as an RGB uint8 H x W x 3 array, or a `UserError` saying what it is."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+        hint = ""
+        if array.ndim == 3 and array.shape[2] == 4:
+            hint = " (RGBA: drop the alpha channel, image[..., :3])"
+        elif array.ndim == 2:
+            hint = " (grayscale: np.stack([image] * 3, axis=-1))"
+        elif array.dtype != np.uint8 and array.dtype.kind == "f":
+            hint = " (floats: convert 0..255 values with .astype(np.uint8))"
+        raise UserError(
+            f"{what}: expected an RGB uint8 H x W x 3 array, got {array.dtype} "
+            f"{tuple(array.shape)}{hint}"
+        )
+    return array
 
 
 def load_image(path: str | Path) -> tuple[bytes, np.ndarray]:

@@ -36,7 +36,7 @@ def no_work(monkeypatch) -> None:
         raise AssertionError("work started before the output path was checked")
 
     work = {cli.predict: ["load_for_inference", "load_image"],
-            cli.eval: ["load_for_inference", "evaluate"],
+            cli.eval: ["load_for_inference", "evaluate_and_report"],
             cli.inspect_cmd: ["summarize", "draw_grid"]}  # fmt: skip
     for module, names in work.items():
         for name in names:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ddn.models import Classifier
+from ddn.models import Classifier, DecoupledSegmenter
+from ddn.models.deconvnet import DeconvNet
 from ddn.train.cls import ClsConfig
 from ddn.train.run import save_model
 from ddn.train.seg import SegConfig
@@ -45,6 +46,31 @@ def make_cls_run(run: Path, classes: list[str], seed: int = 0, input_size: int =
     save_model(
         run, model.state_dict(), {**model.config(), "classes": classes, "trainer": "train-cls"}
     )
+    return run
+
+
+def make_seg_run(run: Path, cls_run: Path, seed: int = 0) -> Path:
+    """An (untrained) segmenter run on `cls_run`'s classifier, as train-seg leaves it."""
+    from ddn.runs import load_classifier
+
+    cls, classes, _ = load_classifier(cls_run)
+    torch.manual_seed(seed)
+    seg = DecoupledSegmenter(cls.encoder.out_channels, WIDTH, cls.pool5_size)
+    run.mkdir(parents=True, exist_ok=True)
+    config = {"trainer": "train-seg", "width": WIDTH, "pool5_size": cls.pool5_size,
+              "classes": classes[1:], "cls_run": str(cls_run)}  # fmt: skip
+    save_model(run, seg.state_dict(), config)
+    return run
+
+
+def make_deconvnet_run(run: Path, classes: list[str], input_size: int = SIZE) -> Path:
+    """An (untrained) DeconvNet baseline run, as train-seg --baseline deconvnet leaves it."""
+    torch.manual_seed(0)
+    model = DeconvNet(len(classes), ARCH, WIDTH, input_size)
+    run.mkdir(parents=True, exist_ok=True)
+    config = {**model.config(), "classes": classes, "trainer": "train-deconvnet",
+              "kind": "deconvnet"}  # fmt: skip
+    save_model(run, model.state_dict(), config)
     return run
 
 

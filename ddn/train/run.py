@@ -14,6 +14,9 @@ A run directory (``--out``) holds:
 - ``events.out.tfevents.*``: metrics.csv's rows (and train-seg's crops) for TensorBoard,
   unless ``--no-tensorboard`` (`ddn.train.tensorboard`).
 
+Reading model.pt and the checkpoints is `ddn.model_file`'s (re-exported here), so that
+inference loads a model without importing training code.
+
 Everything saved loads with ``torch.load(weights_only=True)``: RNG states are stored
 as tensors and plain Python values, never as pickled objects. A write that fails (a full
 disk) is one `UserError` naming the file and the cause; the earlier file stays as it was.
@@ -26,7 +29,6 @@ import io
 import json
 import os
 import random
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -34,13 +36,14 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 import torch
 
+from ddn.model_file import MODEL, checkpoints, latest_checkpoint
+from ddn.model_file import load_checkpoint as load_checkpoint  # re-exported: the run's readers
+from ddn.model_file import load_model as load_model
 from pipeline.errors import UserError
 
 CONFIG = "config.json"
 METRICS = "metrics.csv"
-MODEL = "model.pt"
 KEEP_CHECKPOINTS = 2
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 # Settings that may change between a run and its resumption: they do not change what is
 # computed (or, for the device, only within float tolerance).
@@ -127,19 +130,6 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the directory
-
-
-def checkpoints(run: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the run's checkpoints, oldest first."""
-    if not run.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in run.iterdir() if (m := _CHECKPOINT.match(p.name))]
-    return sorted(found)
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    found = checkpoints(run)
-    return found[-1][1] if found else None
 
 
 def open_run(run: Path, config: dict[str, Any], resume: bool) -> Path | None:
@@ -285,32 +275,9 @@ def save_checkpoint(run: Path, state: dict[str, Any], keep: int = KEEP_CHECKPOIN
     return path
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a torn or foreign file
-        raise UserError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0]})") from e
-
-
 def save_model(run: Path, model_state: Mapping[str, torch.Tensor], config: dict[str, Any]) -> Path:
     """``model.pt``: final weights + config, what the next stage loads."""
     path = run / MODEL
     state = {"model": dict(model_state), "config": config}
     atomic_write_bytes(path, lambda f: torch.save(state, f), "model")
     return path
-
-
-def load_model(run_or_file: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """{'model': state dict, 'config': dict} of a finished run (a directory or model.pt)."""
-    path = Path(run_or_file)
-    if path.is_dir():
-        path = path / MODEL
-    if not path.is_file():
-        hint = (
-            " (the run has not finished: resume it first)" if latest_checkpoint(path.parent) else ""
-        )
-        raise UserError(f"{path}: not found{hint}")
-    state = load_checkpoint(path, device)
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"{path}: not a ddn model file (expected keys model, config)")
-    return state
