@@ -19,7 +19,7 @@ from typing import Any
 
 from joblib import Parallel, delayed
 
-from ddn import __version__
+from pipeline import __version__
 from pipeline.build import CropSettings, ShardTask, build_shard
 from pipeline.errors import BadInputError, UserError
 from pipeline.imageio import check_label_values, classes_in, load_label_map

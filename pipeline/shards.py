@@ -45,7 +45,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ddn import __version__
+from pipeline import __version__
 
 FORMAT_VERSION = 1
 KINDS = ("weak", "strong", "val")
