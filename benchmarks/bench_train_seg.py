@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._data import benchmark_dataset  # noqa: E402
 from ddn.models import Classifier  # noqa: E402
-from ddn.train.run import save_model  # noqa: E402
+from ddn.train.run_files import save_model  # noqa: E402
 from ddn.train.seg import SegConfig, train_seg  # noqa: E402
 from pipeline.build import CropSettings  # noqa: E402
 from pipeline.prepare import ShardSettings, SplitSettings, prepare  # noqa: E402

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddn.inference import segment as segment_images  # noqa: E402
 from ddn.models import normalize  # noqa: E402
-from ddn.runs import load_models  # noqa: E402
 from ddn.train.seg import segment  # noqa: E402
 from ddn.train.strong import WARP_RATIO  # noqa: E402
+from ddn.trained_runs import load_models  # noqa: E402
 from pipeline.readers import CropDataset, ValDataset  # noqa: E402
 
 

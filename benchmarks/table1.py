@@ -44,10 +44,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddn.evaluation import evaluate_models, json_safe  # noqa: E402
-from ddn.runs import load_for_inference, resolve_device  # noqa: E402
 from ddn.train.cls import ClsConfig, train_cls  # noqa: E402
 from ddn.train.deconvnet import DeconvConfig, train_deconvnet  # noqa: E402
 from ddn.train.seg import SegConfig, train_seg  # noqa: E402
+from ddn.trained_runs import load_for_inference, resolve_device  # noqa: E402
 from pipeline.build import CropSettings  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
 from pipeline.prepare import ShardSettings, SplitSettings, prepare  # noqa: E402

@@ -61,9 +61,9 @@ def command(
     """Make a synthetic dataset, prepare it, train both networks and evaluate them."""
     check_output_dir(out, "--out")  # before the imports below, which take seconds
     from ddn.evaluation import evaluate_and_report, format_report, json_safe
-    from ddn.runs import load_models, resolve_device
     from ddn.train.cls import ClsConfig, train_cls
     from ddn.train.seg import SegConfig, train_seg
+    from ddn.trained_runs import load_models, resolve_device
 
     started = time.time()
     # The whole workspace too: a second demo would regenerate data/ under this one's prepare.

@@ -20,7 +20,7 @@ from ddn.evaluation import (
     format_report,
     json_safe,
 )
-from ddn.runs import load_for_inference, resolve_device
+from ddn.trained_runs import load_for_inference, resolve_device
 from pipeline.errors import UserError
 
 

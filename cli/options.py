@@ -49,7 +49,7 @@ def json_option() -> Decorator:
 
 def run_options() -> Decorator:
     """--cls / --seg (as `cls_run` / `seg_run`): the trained runs `eval` and `predict` load
-    with `ddn.runs.load_for_inference`. --cls is optional because a DeconvNet baseline run
+    with `ddn.trained_runs.load_for_inference`. --cls is optional because a DeconvNet baseline run
     segments without a classifier."""
     return stack(
         click.option(

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from cli.options import inference_options, run_options
 from ddn.inference import Prediction, check_maps, predict_images
-from ddn.runs import BaselineModels, Models, load_for_inference, resolve_device
+from ddn.trained_runs import BaselineModels, Models, load_for_inference, resolve_device
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
 from pipeline.errors import BadInputError, UserError
 from pipeline.imageio import load_image

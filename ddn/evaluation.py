@@ -22,7 +22,7 @@ from ddn.confusion import ConfusionMatrix
 from ddn.inference import check_maps, predict_images
 from ddn.metrics import mean_average_precision
 from ddn.predictor import check_threshold, load_runs
-from ddn.runs import BaselineModels, Models, resolve_device
+from ddn.trained_runs import BaselineModels, Models, resolve_device
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
 from pipeline.errors import UserError
 from pipeline.imageio import safe_join

@@ -33,7 +33,7 @@ from ddn.models import (
     saliency,
     seed_subsets,
 )
-from ddn.runs import BaselineModels, Models
+from ddn.trained_runs import BaselineModels, Models
 from pipeline.errors import UserError
 from pipeline.readers import pad_to_square_and_resize
 

@@ -1,8 +1,8 @@
 """Reading what a run directory leaves: ``model.pt`` and ``checkpoint-<step>.pt``.
 
-Inference (`ddn.runs`) and training (`ddn.train`) both read these files; they live here,
+Inference (`ddn.trained_runs`) and training (`ddn.train`) both read these files; they live here,
 outside `ddn.train`, so that loading a trained model imports no training code. The
-writers and the rest of the run directory are `ddn.train.run`'s.
+writers and the rest of the run directory are `ddn.train.run_files`'s.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ddn.inference import Prediction, predict_images
-from ddn.runs import (
+from ddn.trained_runs import (
     BaselineModels,
     Models,
     load_deconvnet,

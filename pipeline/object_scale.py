@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.combinatorial import box_counts, summed_area_table
 from pipeline.imageio import decode_label_png
-from pipeline.shard_access import ShardSet
+from pipeline.shard_set import ShardSet
 from pipeline.shards import ORIGIN_PROPOSAL, ORIGIN_RANDOM, ORIGIN_WHOLE, subset_classes
 
 SAMPLE = 2000  # crops (and val images) measured at most

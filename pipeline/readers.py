@@ -14,7 +14,7 @@ whatever the number of DataLoader workers or the order they are served in; call
 the workers' copies of the dataset, so ``set_epoch`` there needs non-persistent workers.
 
 All datasets are cheap to build (the manifest only) and open HDF5 lazily in each
-process (`pipeline.shard_access`), so they are safe to build before DataLoader forks
+process (`pipeline.shard_set`), so they are safe to build before DataLoader forks
 and to pickle for the spawn start method. Do not call ``cv2.setNumThreads`` in a forked
 worker (e.g. in ``worker_init_fn``): once the parent has used cv2's thread pool, that
 call deadlocks most of the time (cv2 5.0, measured here); set it in the parent instead.
@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from pipeline.errors import UserError
 from pipeline.imageio import decode_image, decode_label_png
-from pipeline.shard_access import ByteLRU, ShardSet
+from pipeline.shard_set import ByteLRU, ShardSet
 from pipeline.shards import subset_classes
 from pipeline.training_crop import CLASS_LUT, crop_image_chw, crop_target
 

@@ -71,9 +71,9 @@ def test_import_is_lazy_and_inference_imports_no_training_code():
         "assert 'torch' not in sys.modules and ddn.__version__\n"
         "ddn.generate_crops, ddn.warp_crop, ddn.prepare, ddn.UserError\n"
         "assert 'torch' not in sys.modules, 'the crop API needs no torch'\n"
-        "import ddn.inference, ddn.runs, ddn.evaluation\n"
+        "import ddn.inference, ddn.trained_runs, ddn.evaluation\n"
         "ddn.load, ddn.evaluate, ddn.CropDataset\n"
-        "print(sorted(m for m in sys.modules if m.startswith('ddn.train')))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] == ['ddn', 'train']))\n"
     )
     r = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

@@ -19,8 +19,8 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
-from ddn.train import run as run_module
-from ddn.train.run import MODEL, MetricsLog, checkpoints, load_checkpoint, write_json
+from ddn.train import run_files as run_module
+from ddn.train.run_files import MODEL, MetricsLog, checkpoints, load_checkpoint, write_json
 from pipeline.errors import UserError
 from tests.trainutil import ARCH, SIZE, WIDTH, make_prepared
 
@@ -156,7 +156,7 @@ class FullDisk:
 
 
 def fill_disk(monkeypatch, name: str, room: int = 1000) -> None:
-    """Writes (all go through ``open`` in ddn.train.run) to a file called ``name`` fail
+    """Writes (all go through ``open`` in ddn.train.run_files) to a file called ``name`` fail
     with ENOSPC after ``room`` bytes."""
     real = builtins.open
 

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from ddn.inference import segment
-from ddn.runs import load_models
 from ddn.train.seg import train_seg
+from ddn.trained_runs import load_models
 from tests.test_gpu_crops import WINDOWS, assert_same_crops, both_paths
 from tests.test_inference import images, tiny_models
 from tests.test_readers import make_prepared as make_crop_set

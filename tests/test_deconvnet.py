@@ -13,9 +13,9 @@ from cli.main import cli
 from ddn.inference import segment_deconvnet
 from ddn.models import Segmenter
 from ddn.models.deconvnet import DeconvNet
-from ddn.runs import load_deconvnet, run_kind
 from ddn.train.deconvnet import DeconvConfig, train_deconvnet
 from ddn.train.gpu_crops import DeviceCrops
+from ddn.trained_runs import load_deconvnet, run_kind
 from pipeline.errors import UserError
 from pipeline.imageio import encode_label_png, load_label_map
 from pipeline.readers import CropDataset

@@ -15,8 +15,8 @@ from PIL import Image
 from cli.main import cli
 from ddn.confusion import ConfusionMatrix
 from ddn.models import Classifier
-from ddn.runs import load_models
-from ddn.train.run import save_model
+from ddn.train.run_files import save_model
+from ddn.trained_runs import load_models
 from pipeline.build import CropSettings
 from pipeline.datasets import load_dataset
 from pipeline.errors import UserError
@@ -76,7 +76,7 @@ def make_eval_data(base: Path) -> dict:
     cls_run, seg_run = base / "cls", base / "seg"
     cls_run.mkdir()
     seg_run.mkdir()
-    # The trainers' model.pt format (ddn.train.run.save_model).
+    # The trainers' model.pt format (ddn.train.run_files.save_model).
     save_model(
         cls_run,
         cls.state_dict(),

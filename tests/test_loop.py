@@ -13,7 +13,7 @@ from torch import nn
 from ddn import __version__
 from ddn.train import checkpoint, loop, start
 from ddn.train.distributed import DistInfo
-from ddn.train.run import MetricsLog, checkpoints, load_checkpoint
+from ddn.train.run_files import MetricsLog, checkpoints, load_checkpoint
 
 
 def _toy(run: Path, iters: int, every: int = 0):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from pipeline import shard_access
+from pipeline import shard_set
 from pipeline.cropping import warp_example
 from pipeline.errors import UserError
 from pipeline.imageio import encode_label_png
@@ -281,7 +281,7 @@ def test_handles_reopened_in_a_new_process(prep, monkeypatch):
     ds = CropDataset(prep.root, warp_size=40, crop_size=32)
     first = ds[0]
     parent_handle = ds.shards.file(0)
-    monkeypatch.setattr(shard_access.os, "getpid", lambda: -1)  # as if forked
+    monkeypatch.setattr(shard_set.os, "getpid", lambda: -1)  # as if forked
     assert ds.shards.file(0) is not parent_handle
     assert parent_handle.id.valid  # inherited handles are left alone, not closed
     assert_items_equal(as_numpy(ds[0]), as_numpy(first))

@@ -13,7 +13,7 @@ from ddn.models import Classifier
 from ddn.train import strong as strong_module
 from ddn.train.cls import train_cls
 from ddn.train.interrupt import deferred_interrupt
-from ddn.train.run import checkpoints, load_checkpoint, load_model
+from ddn.train.run_files import checkpoints, load_checkpoint, load_model
 from ddn.train.seg import train_seg
 from pipeline.errors import UserError
 from tests.trainutil import cls_config, cls_run_for, make_prepared, seg_config, state_equal

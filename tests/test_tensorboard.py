@@ -18,7 +18,7 @@ from PIL import Image
 from cli.main import cli
 from ddn.train import tensorboard as tb
 from ddn.train.cls import train_cls
-from ddn.train.run import load_model
+from ddn.train.run_files import load_model
 from ddn.train.seg import train_seg
 from tests.trainutil import ARCH, SIZE, WIDTH, cls_config, cls_run_for, make_prepared, seg_config
 

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from ddn.metrics import average_precision, format_ap_table, mean_average_precision
-from ddn.runs import load_classifier
 from ddn.train.balance import balance_weight
 from ddn.train.cls import class_pos_weights, classification_loss
-from ddn.train.run import MODEL, checkpoints
+from ddn.train.run_files import MODEL, checkpoints
 from ddn.train.schedule import LRSchedule
+from ddn.trained_runs import load_classifier
 from pipeline.readers import WeakDataset
 from tests.trainutil import ARCH, SIZE, WIDTH, learning_data, make_prepared, trained_classifier
 

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from torch import nn
 
 from cli.main import cli
-from ddn.runs import load_models
 from ddn.train import strong as strong_module
 from ddn.train.schedule import reference_iters, segmenter_schedule
 from ddn.train.seg import train_seg
@@ -23,6 +22,7 @@ from ddn.train.strong import (
     segmentation_loss,
     strong_per_class,
 )
+from ddn.trained_runs import load_models
 from pipeline.errors import UserError
 from pipeline.readers import CropDataset
 from tests.trainutil import (

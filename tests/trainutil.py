@@ -10,7 +10,7 @@ import torch
 from ddn.models import Classifier, DecoupledSegmenter
 from ddn.models.deconvnet import DeconvNet
 from ddn.train.cls import ClsConfig
-from ddn.train.run import save_model
+from ddn.train.run_files import save_model
 from ddn.train.seg import SegConfig
 from pipeline.build import CropSettings
 from pipeline.datasets import load_dataset
@@ -51,7 +51,7 @@ def make_cls_run(run: Path, classes: list[str], seed: int = 0, input_size: int =
 
 def make_seg_run(run: Path, cls_run: Path, seed: int = 0) -> Path:
     """An (untrained) segmenter run on `cls_run`'s classifier, as train-seg leaves it."""
-    from ddn.runs import load_classifier
+    from ddn.trained_runs import load_classifier
 
     cls, classes, _ = load_classifier(cls_run)
     torch.manual_seed(seed)

@@ -2,7 +2,7 @@
 
 One dict per checkpoint, as torchvision's references keep it: model, optimizer,
 lr_scheduler, step, epoch, plus the RNG states (resuming is bit-identical) and the
-run's config. Writing and finding the files is `ddn.train.run`'s.
+run's config. Writing and finding the files is `ddn.train.run_files`'s.
 
 ``--resume`` reads the newest checkpoint that loads (`read_resume`): a torn one (a copy
 cut short, a crash of the disk) is moved aside with a warning and the one before it is
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ddn.train.distributed import DistInfo, epoch_of_step
-from ddn.train.run import (
+from ddn.train.run_files import (
     changed_settings,
     checkpoints,
     load_checkpoint,

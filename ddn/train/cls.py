@@ -29,7 +29,7 @@ from ddn.models import Classifier, normalize
 from ddn.train import checkpoint, loop, start
 from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
-from ddn.train.run import save_model
+from ddn.train.run_files import save_model
 from ddn.train.schedule import LRSchedule
 from ddn.train.tensorboard import open_board
 from pipeline.errors import UserError

@@ -27,7 +27,7 @@ from ddn.models import normalize
 from ddn.models.deconvnet import KIND, DeconvNet
 from ddn.train import loop, start
 from ddn.train.distributed import DistInfo, barrier
-from ddn.train.run import save_model
+from ddn.train.run_files import save_model
 from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
 from pipeline.errors import UserError
 from pipeline.readers import CropDataset

@@ -32,7 +32,7 @@ from ddn.train.distributed import (
     no_sync,
 )
 from ddn.train.interrupt import BufferSnapshot, deferred_interrupt
-from ddn.train.run import MetricsLog
+from ddn.train.run_files import MetricsLog
 from pipeline.errors import UserError
 from pipeline.progress import is_terminal
 

@@ -19,12 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
-from ddn.runs import load_classifier
 from ddn.train import loop, start
 from ddn.train.checkpoint import mismatch
 from ddn.train.distributed import DistInfo, barrier
-from ddn.train.run import load_checkpoint, load_model, save_model
+from ddn.train.run_files import load_checkpoint, load_model, save_model
 from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
+from ddn.trained_runs import load_classifier
 from pipeline.errors import UserError
 from pipeline.readers import CropDataset
 from pipeline.shards import sha256_file

@@ -14,7 +14,7 @@ from typing import Any
 from ddn import __version__
 from ddn.train.checkpoint import Resume, read_resume
 from ddn.train.distributed import DistInfo, barrier
-from ddn.train.run import METRICS, MetricsLog, open_run
+from ddn.train.run_files import METRICS, MetricsLog, open_run
 from pipeline.lock import exclusive_dir
 
 

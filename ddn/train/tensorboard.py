@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddn.train.run import MetricsLog
+from ddn.train.run_files import MetricsLog
 from pipeline.cropping import IGNORE
 from pipeline.synth import voc_colormap
 

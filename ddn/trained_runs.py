@@ -1,6 +1,6 @@
 """Loading trained run directories into modules for inference.
 
-A finished run holds ``model.pt`` (`ddn.train.run.save_model`): ``{"model": state_dict,
+A finished run holds ``model.pt`` (`ddn.train.run_files.save_model`): ``{"model": state_dict,
 "config": {...}}``. A classifier's config (``trainer: train-cls``) has what
 `build_classifier` reads (num_classes, arch, width, input_size) and ``classes`` (the C
 object classes, or C+1 with background first); a segmenter's (``trainer: train-seg``)
