@@ -35,7 +35,11 @@ from pipeline.synth import generate
 @click.option("--images", default=2000, help="Synthetic images.")
 @click.option("--classes", default=5, help="Synthetic classes.")
 @click.option("--size", default=96, help="Synthetic image size (px).")
-@click.option("--strong-per-class", default=5, help="Strong (pixel-mask) images per class.")
+@click.option(
+    "--strong-per-class",
+    default=default_of(SplitSettings, "strong_per_class"),
+    help="Strong (pixel-mask) images per class.",
+)
 @click.option("--width", default=0.125, help="Channel fraction of VGG-16 (1.0 = full).")
 @click.option("--input-size", default=96, help="Network input size (multiple of 32).")
 @click.option("--cls-iters", default=1500, help="Classifier training steps.")
