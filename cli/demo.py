@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from cli.options import wait_option
+from cli.options import default_of, wait_option
+from ddn.train.config import ClsConfig
 from pipeline.build import CropSettings
 from pipeline.datasets import load_dataset
 from pipeline.inspect import draw_grid, format_summary, summarize
@@ -34,14 +35,20 @@ from pipeline.synth import generate
 @click.option("--images", default=2000, help="Synthetic images.")
 @click.option("--classes", default=5, help="Synthetic classes.")
 @click.option("--size", default=96, help="Synthetic image size (px).")
-@click.option("--strong-per-class", default=5, help="Strong (pixel-mask) images per class.")
+@click.option(
+    "--strong-per-class",
+    default=default_of(SplitSettings, "strong_per_class"),
+    help="Strong (pixel-mask) images per class.",
+)
 @click.option("--width", default=0.125, help="Channel fraction of VGG-16 (1.0 = full).")
 @click.option("--input-size", default=96, help="Network input size (multiple of 32).")
 @click.option("--cls-iters", default=1500, help="Classifier training steps.")
 @click.option("--seg-iters", default=1000, help="Segmenter training steps.")
-@click.option("--device", default="auto", help="auto | cpu | cuda.")
-@click.option("--jobs", default=-1, help="Parallel workers for prepare.")
-@click.option("--seed", default=0)
+@click.option("--device", default=default_of(ClsConfig, "device"), help="auto | cpu | cuda.")
+@click.option(
+    "--jobs", default=default_of(ShardSettings, "jobs"), help="Parallel workers for prepare."
+)
+@click.option("--seed", default=default_of(generate, "seed"))
 @wait_option("a directory under --out")
 def command(
     out: Path,
@@ -61,8 +68,9 @@ def command(
     """Make a synthetic dataset, prepare it, train both networks and evaluate them."""
     check_output_dir(out, "--out")  # before the imports below, which take seconds
     from ddn.evaluation import evaluate_and_report, format_report, json_safe
-    from ddn.train.cls import ClsConfig, train_cls
-    from ddn.train.seg import SegConfig, train_seg
+    from ddn.train.cls import train_cls
+    from ddn.train.config import SegConfig
+    from ddn.train.seg import train_seg
     from ddn.trained_runs import load_models, resolve_device
 
     started = time.time()

@@ -6,19 +6,24 @@ from pathlib import Path
 
 import click
 
+from cli.options import default_of
 from pipeline.download import ARCHIVES, fetch
 
 
 @click.command("download")
 @click.argument("dataset", type=click.Choice(sorted(ARCHIVES)))
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--url", default=None, help="Fetch from this URL instead (e.g. a mirror).")
 @click.option(
-    "--md5", default=None, help="Expected MD5 of the archive [default: the official one]."
+    "--url", default=default_of(fetch, "url"), help="Fetch from this URL instead (e.g. a mirror)."
+)
+@click.option(
+    "--md5",
+    default=default_of(fetch, "md5"),
+    help="Expected MD5 of the archive [default: the official one].",
 )
 @click.option(
     "--keep-archive/--no-keep-archive",
-    default=True,
+    default=default_of(fetch, "keep_archive"),
     help="Keep the downloaded archive after unpacking it.",
 )
 def command(dataset: str, directory: Path, url: str | None, md5: str | None, keep_archive: bool):

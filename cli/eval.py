@@ -12,10 +12,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from cli.options import data_option, inference_options, json_option, run_options
+from cli.options import data_option, default_of, inference_options, json_option, run_options
 from ddn.evaluation import (
     SPLITS,
     check_save_pred,
+    evaluate,
     evaluate_and_report,
     format_report,
     json_safe,
@@ -30,30 +31,39 @@ from pipeline.errors import UserError
 @click.option(
     "--split",
     type=click.Choice(SPLITS),
-    default="val",
+    default=default_of(evaluate, "split"),
     help="Images to evaluate: val, or strong (the segmenter's training images).",
 )
-@inference_options()
-@click.option("--workers", type=click.IntRange(min=0), default=2, help="Image decoding workers.")
+@inference_options(evaluate)
 @click.option(
-    "--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images."
+    "--workers",
+    type=click.IntRange(min=0),
+    default=default_of(evaluate, "workers"),
+    help="Image decoding workers.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=default_of(evaluate, "limit"),
+    help="Evaluate only the first N images.",
 )
 @json_option()
 @click.option(
     "--save-pred",
     type=click.Path(path_type=Path),
-    default=None,
+    default=default_of(evaluate, "save_pred"),
     help="Write <id>.png (VOC palette, original size) for every image here.",
 )
 @click.option(
     "--overlays",
     type=click.IntRange(min=0),
-    default=8,
+    default=default_of(evaluate, "overlays"),
     help="With --save-pred: image | ground truth | prediction for the first N images.",
 )
 @click.option(
     "--save-maps",
     is_flag=True,
+    default=default_of(evaluate, "maps"),
     help="With --save-pred: foreground and bridge maps for the --overlays images.",
 )
 def command(

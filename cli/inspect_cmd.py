@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import json_option
+from cli.options import default_of, json_option
 from pipeline.inspect import check_grid_path, draw_grid, format_summary, summarize
 
 
@@ -20,8 +20,15 @@ from pipeline.inspect import check_grid_path, draw_grid, format_summary, summari
     default=None,
     help="Write sample crops with their masks overlaid to this PNG.",
 )
-@click.option("--grid-size", default=16, show_default=True, help="Crops in the grid.")
-@click.option("--seed", default=0, show_default=True, help="Which crops the grid shows.")
+@click.option(
+    "--grid-size", default=default_of(draw_grid, "n"), show_default=True, help="Crops in the grid."
+)
+@click.option(
+    "--seed",
+    default=default_of(draw_grid, "seed"),
+    show_default=True,
+    help="Which crops the grid shows.",
+)
 def command(prepared: Path, as_json: bool, grid: Path | None, grid_size: int, seed: int) -> None:
     """Summarise a directory made by `ddn prepare`."""
     if grid is not None:

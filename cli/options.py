@@ -7,6 +7,8 @@ decorator where those options stood.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
 
 PATH = click.Path(path_type=Path)
+
+
+def default_of(owner: Any, name: str) -> Any:
+    """The library's default for `name`: a field of the settings dataclass `owner`, or a
+    keyword of the function `owner`. Options take their defaults from here, so the command
+    line and the Python API cannot drift apart (tests/test_defaults.py)."""
+    if dataclasses.is_dataclass(owner):
+        field = {f.name: f for f in dataclasses.fields(owner)}[name]
+        default = field.default
+    else:
+        default = inspect.signature(owner).parameters[name].default
+    if default is dataclasses.MISSING or default is inspect.Parameter.empty:
+        raise TypeError(f"{owner.__name__}.{name} has no default")
+    return default
 
 
 def stack(*decorators: Decorator) -> Decorator:
@@ -70,20 +86,30 @@ def run_options() -> Decorator:
     )
 
 
-def inference_options() -> Decorator:
-    """--threshold / --batch / --device: how `ddn.inference.predict_images` runs."""
+def inference_options(*library: Callable[..., Any]) -> Decorator:
+    """--threshold / --batch / --device: how `ddn.inference.predict_images` runs; each
+    default is the keyword's of the first `library` function (those the command calls)
+    that takes it."""
+
+    def default(name: str) -> Any:
+        owner = next(f for f in library if name in inspect.signature(f).parameters)
+        return default_of(owner, name)
+
     return stack(
         click.option(
             "--threshold",
             type=click.FloatRange(0, 1),
-            default=0.5,
+            default=default("threshold"),
             help="A label is picked when its probability is above this.",
         ),
         click.option(
-            "--batch", type=click.IntRange(min=1), default=8, help="Images per forward pass."
+            "--batch",
+            type=click.IntRange(min=1),
+            default=default("batch"),
+            help="Images per forward pass.",
         ),
         # Free text, not a Choice: resolve_device also takes cuda:N for one GPU of several.
-        click.option("--device", default="auto", help="auto, cpu or cuda[:N]."),
+        click.option("--device", default=default("device"), help="auto, cpu or cuda[:N]."),
     )
 
 
@@ -104,13 +130,15 @@ def wait_option(directory: str) -> Decorator:
 
 
 def training_options(
+    config: type,
     *,
     seeds: str,
     compiles: str,
     workers: str = "DataLoader worker processes.",
     beside_device: tuple[Decorator, ...] = (),
 ) -> Decorator:
-    """--device ... --wait: how a trainer runs, as opposed to what it learns.
+    """--device ... --wait: how a trainer runs, as opposed to what it learns; the defaults
+    are the fields of `config`, the trainer's settings dataclass.
 
     The help differs only where the trainers do: `seeds` names what --seed seeds besides
     the init and the data order, `compiles` what --compile compiles, `workers` is the
@@ -118,28 +146,57 @@ def training_options(
     --device (train-seg's --crop-path, which picks where the work runs).
     """
     return stack(
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto"),
-        *beside_device,
-        click.option("--workers", default=4, help=workers),
-        click.option("--seed", default=0, help=f"Seeds the init, the data order and {seeds}."),
         click.option(
-            "--resume", is_flag=True, help="Continue from the latest checkpoint in --out."
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default=default_of(config, "device"),
         ),
-        click.option("--compile", "compile_", is_flag=True, help=f"torch.compile {compiles}."),
-        click.option("--amp/--no-amp", default=True, help="CUDA: bf16 autocast (off: float32)."),
+        *beside_device,
+        click.option("--workers", default=default_of(config, "workers"), help=workers),
+        click.option(
+            "--seed",
+            default=default_of(config, "seed"),
+            help=f"Seeds the init, the data order and {seeds}.",
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            default=default_of(config, "resume"),
+            help="Continue from the latest checkpoint in --out.",
+        ),
+        click.option(
+            "--compile",
+            "compile_",
+            is_flag=True,
+            default=default_of(config, "compile"),
+            help=f"torch.compile {compiles}.",
+        ),
+        click.option(
+            "--amp/--no-amp",
+            default=default_of(config, "amp"),
+            help="CUDA: bf16 autocast (off: float32).",
+        ),
         click.option(
             "--channels-last/--no-channels-last",
-            default=True,
+            default=default_of(config, "channels_last"),
             help="CUDA: channels_last memory format.",
         ),
-        click.option("--log-every", default=20, help="Steps between metrics.csv rows."),
+        click.option(
+            "--log-every",
+            default=default_of(config, "log_every"),
+            help="Steps between metrics.csv rows.",
+        ),
         click.option(
             "--tensorboard/--no-tensorboard",
-            default=True,
+            default=default_of(config, "tensorboard"),
             help="TensorBoard event files beside metrics.csv (when TensorBoard is installed: "
             "pip install 'ddn[tensorboard]').",
         ),
-        click.option("--ckpt-every", default=500, help="Steps between checkpoints."),
+        click.option(
+            "--ckpt-every",
+            default=default_of(config, "ckpt_every"),
+            help="Steps between checkpoints.",
+        ),
         wait_option("--out"),
     )
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from cli.options import inference_options, run_options
 from ddn.inference import Prediction, check_maps, predict_images
+from ddn.predictor import load
 from ddn.trained_runs import BaselineModels, Models, load_for_inference, resolve_device
 from ddn.visualize import overlay, save_label_png, save_maps, save_rgb
 from pipeline.errors import BadInputError, UserError
@@ -126,7 +127,7 @@ def _summary(record: dict) -> str:
     type=click.Path(path_type=Path),
     help="Output directory: <name>.png, overlays/, predictions.json.",
 )
-@inference_options()
+@inference_options(predict, load)
 @click.option(
     "--skip-bad",
     is_flag=True,

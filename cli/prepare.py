@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import wait_option
+from cli.options import default_of, wait_option
 from ddn.data import prepare
 from pipeline.prepare import NEGATIVES
 
@@ -49,7 +49,8 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
 )
 @click.option(
     "--strong-per-class",
-    default="5",
+    type=str,  # a number or 'full'
+    default=default_of(prepare, "strong_per_class"),
     help="Strong images per class (N x C in all), or 'full' for every mask with an object.",
 )
 @click.option(
@@ -61,7 +62,7 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
 @click.option(
     "--weak-from",
     type=click.Choice(["all", "strong"]),
-    default="all",
+    default=default_of(prepare, "weak_from"),
     help="'strong': classifier data = the strong images only (DecoupledNet-Str).",
 )
 @click.option(
@@ -72,48 +73,70 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
 @click.option(
     "--negatives",
     type=click.Choice(NEGATIVES),
-    default="keep",
+    default=default_of(prepare, "negatives"),
     help="Background-only images: keep them as negatives (weak, val) or leave them out.",
 )
-@click.option("--seed", default=0, help="Seed for the strong split, random boxes and subsets.")
+@click.option(
+    "--seed",
+    default=default_of(prepare, "seed"),
+    help="Seed for the strong split, random boxes and subsets.",
+)
 @click.option(
     "--method",
     type=click.Choice(["edgebox", "selective-search", "random"]),
-    default="edgebox",
+    default=default_of(prepare, "method"),
     help="Region proposals for the combinatorial crops.",
 )
-@click.option("--proposals", "per_subset", default=200, help="N_p: boxes per label subset.")
+@click.option(
+    "--proposals", default=default_of(prepare, "proposals"), help="N_p: boxes per label subset."
+)
 @click.option(
     "--edge-model",
     type=PathArg,
     default=None,
     help="OpenCV structured-edge model.yml.gz; without it edges come from gradients.",
 )
-@click.option("--max-boxes", default=1000, help="EdgeBoxes: candidate boxes per image.")
-@click.option("--edgebox-alpha", default=0.65, help="EdgeBoxes: step size of the box search.")
-@click.option("--edgebox-beta", default=0.75, help="EdgeBoxes: NMS threshold between boxes.")
-@click.option("--edgebox-min-score", default=0.01, help="EdgeBoxes: minimum box score.")
+@click.option(
+    "--max-boxes",
+    default=default_of(prepare, "max_boxes"),
+    help="EdgeBoxes: candidate boxes per image.",
+)
+@click.option(
+    "--edgebox-alpha",
+    default=default_of(prepare, "edgebox_alpha"),
+    help="EdgeBoxes: step size of the box search.",
+)
+@click.option(
+    "--edgebox-beta",
+    default=default_of(prepare, "edgebox_beta"),
+    help="EdgeBoxes: NMS threshold between boxes.",
+)
+@click.option(
+    "--edgebox-min-score",
+    default=default_of(prepare, "edgebox_min_score"),
+    help="EdgeBoxes: minimum box score.",
+)
 @click.option(
     "--enclose",
-    default=0.95,
+    default=default_of(prepare, "enclose"),
     help="A box encloses subset P when it holds at least this share of P's pixels.",
 )
 @click.option(
     "--random-boxes",
     type=click.Choice(["scales", "margin"]),
-    default="scales",
+    default=default_of(prepare, "random_boxes"),
     help="Random boxes around a subset: sides log-uniform from its tight box to the padded "
     "image square (scales), or the tight box grown by up to half its size per side (margin).",
 )
 @click.option(
     "--whole-image/--no-whole-image",
-    default=True,
+    default=default_of(prepare, "whole_image"),
     help="Also train on each subset's whole image, padded to a square as at inference "
     "(the paper's N_s term).",
 )
 @click.option(
     "--max-subsets",
-    default=64,
+    default=default_of(prepare, "max_subsets"),
     help="Cap on label subsets per image (all singletons, the full set, then random).",
 )
 @click.option(
@@ -122,9 +145,17 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
     default=None,
     help="Also store SIZExSIZE pixel crops and masks, for tools outside ddn.",
 )
-@click.option("--shard-size", default=1000, help="Images per weak / val shard.")
-@click.option("--strong-shard-size", default=8, help="Images per strong shard.")
-@click.option("--jobs", default=-1, help="Parallel joblib workers (-1: all cores).")
+@click.option(
+    "--shard-size", default=default_of(prepare, "shard_size"), help="Images per weak / val shard."
+)
+@click.option(
+    "--strong-shard-size",
+    default=default_of(prepare, "strong_shard_size"),
+    help="Images per strong shard.",
+)
+@click.option(
+    "--jobs", default=default_of(prepare, "jobs"), help="Parallel joblib workers (-1: all cores)."
+)
 @click.option(
     "--skip-bad",
     is_flag=True,
@@ -148,7 +179,7 @@ def command(
     negatives: str,
     seed: int,
     method: str,
-    per_subset: int,
+    proposals: int,
     edge_model: Path | None,
     max_boxes: int,
     edgebox_alpha: float,
@@ -183,7 +214,7 @@ def command(
         negatives=negatives,
         seed=seed,
         method=method,
-        proposals=per_subset,
+        proposals=proposals,
         edge_model=edge_model,
         max_boxes=max_boxes,
         edgebox_alpha=edgebox_alpha,

@@ -7,26 +7,42 @@ from pathlib import Path
 
 import click
 
+from cli.options import default_of
 from pipeline.synth import VOC_CLASSES, generate
 
 
 @click.command("synth", context_settings={"show_default": True})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--images", type=click.IntRange(min=1), default=1000, help="Number of images.")
+@click.option(
+    "--images",
+    type=click.IntRange(min=1),
+    default=default_of(generate, "images"),
+    help="Number of images.",
+)
 @click.option(
     "--val-fraction",
     type=click.FloatRange(0, 1, max_open=True),
-    default=0.2,
+    default=default_of(generate, "val_fraction"),
     help="Fraction of the images listed in val.txt (the rest in train.txt).",
 )
 @click.option(
     "--classes",
     type=click.IntRange(1, len(VOC_CLASSES)),
-    default=len(VOC_CLASSES),
+    default=default_of(generate, "classes"),
     help="Object classes; named after the first N VOC classes.",
 )
-@click.option("--size", type=click.IntRange(min=32), default=160, help="Image side in pixels.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Same seed, same bytes.")
+@click.option(
+    "--size",
+    type=click.IntRange(min=32),
+    default=default_of(generate, "size"),
+    help="Image side in pixels.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=default_of(generate, "seed"),
+    help="Same seed, same bytes.",
+)
 def command(
     out: Path, images: int, val_fraction: float, classes: int, size: int, seed: int
 ) -> None:

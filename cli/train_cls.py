@@ -7,11 +7,13 @@ import click
 from cli.options import (
     config_fields,
     data_option,
+    default_of,
     is_reporting_rank,
     run_dir_option,
     training_options,
 )
 from ddn.models import ARCHS
+from ddn.train.config import ClsConfig
 
 
 @click.command("train-cls", context_settings={"show_default": True})
@@ -20,68 +22,90 @@ from ddn.models import ARCHS
 @click.option(
     "--arch",
     type=click.Choice(ARCHS),
-    default="vgg16",
+    default=default_of(ClsConfig, "arch"),
     help="vgg16 reproduces the paper; vgg16_bn trains small models from scratch.",
 )
-@click.option("--width", default=1.0, help="Channel fraction (1.0 = VGG-16).")
-@click.option("--input-size", default=320, help="Network input side (a multiple of 32).")
-@click.option("--batch", default=32, help="Images per step per process.")
-@click.option("--iters", type=int, default=None, help="Optimizer steps (overrides --epochs).")
 @click.option(
-    "--epochs", default=20.0, help="Passes over the weak set (when --iters is not given)."
+    "--width", default=default_of(ClsConfig, "width"), help="Channel fraction (1.0 = VGG-16)."
+)
+@click.option(
+    "--input-size",
+    default=default_of(ClsConfig, "input_size"),
+    help="Network input side (a multiple of 32).",
+)
+@click.option(
+    "--batch", default=default_of(ClsConfig, "batch"), help="Images per step per process."
+)
+@click.option(
+    "--iters",
+    type=int,
+    default=default_of(ClsConfig, "iters"),
+    help="Optimizer steps (overrides --epochs).",
+)
+@click.option(
+    "--epochs",
+    default=default_of(ClsConfig, "epochs"),
+    help="Passes over the weak set (when --iters is not given).",
 )
 @click.option(
     "--optimizer",
     type=click.Choice(["sgd", "adamw"]),
-    default="sgd",
+    default=default_of(ClsConfig, "optimizer"),
     help="sgd (momentum) as the reference; adamw for small models from scratch. Not adamw "
     "for pretrained VGG-16 without BN at --lr 1e-3: it diverges to a constant output.",
 )
-@click.option("--lr", default=1e-3, help="Backbone learning rate.")
-@click.option("--head-lr-mult", default=10.0, help="fc6/fc7/score learn this many times faster.")
-@click.option("--momentum", default=0.9)
-@click.option("--weight-decay", default=5e-4)
+@click.option("--lr", default=default_of(ClsConfig, "lr"), help="Backbone learning rate.")
 @click.option(
-    "--warmup", type=int, default=None, help="Linear warm-up steps [default: min(500, iters/10)]."
+    "--head-lr-mult",
+    default=default_of(ClsConfig, "head_lr_mult"),
+    help="fc6/fc7/score learn this many times faster.",
+)
+@click.option("--momentum", default=default_of(ClsConfig, "momentum"))
+@click.option("--weight-decay", default=default_of(ClsConfig, "weight_decay"))
+@click.option(
+    "--warmup",
+    type=int,
+    default=default_of(ClsConfig, "warmup"),
+    help="Linear warm-up steps [default: min(500, iters/10)].",
 )
 @click.option(
     "--decay",
     type=click.Choice(["cosine", "step", "constant"]),
-    default="cosine",
+    default=default_of(ClsConfig, "decay"),
     help="After warm-up: cosine to 0, or x0.1 at 2/3 of the run.",
 )
 @click.option(
     "--pos-weight",
-    default="auto",
+    default=default_of(ClsConfig, "pos_weight"),
     help="BCE weight of each class's positive images: 'auto' sets it from the class's "
     "share f of the training images as sqrt((1-f)/f), in [1, 10]; 1 is the reference's "
     "plain loss.",
 )
 @click.option(
     "--pad-square/--no-pad-square",
-    default=True,
+    default=default_of(ClsConfig, "pad_square"),
     help="Random crops of the image zero-padded to a square, the view the classifier gets "
     "at inference (off: crops of the image itself).",
 )
 @click.option(
     "--weights",
-    default="imagenet",
+    default=default_of(ClsConfig, "weights"),
     help="Encoder init: imagenet (torchvision download), a .pth state dict, or none.",
 )
 @click.option(
     "--val-every",
     type=click.IntRange(min=1),
-    default=None,
+    default=default_of(ClsConfig, "val_every"),
     help="Steps between validations [default: an epoch, at most 10 times a run].",
 )
-@training_options(seeds="the augmentation", compiles="the model")
+@training_options(ClsConfig, seeds="the augmentation", compiles="the model")
 def command(**options) -> None:
     """Train the classifier (multi-label BCE) with validation mAP after every epoch.
 
     Multi-GPU: torchrun --nproc_per_node N -m cli.main train-cls ...
     """
     from ddn.metrics import format_ap_table
-    from ddn.train.cls import ClsConfig, train_cls
+    from ddn.train.cls import train_cls
 
     result = train_cls(ClsConfig(**config_fields(options)))
     if not is_reporting_rank():

@@ -329,8 +329,7 @@ def _signature(function) -> dict:
 
 def test_the_functions_default_to_the_commands_defaults():
     cli = _defaults(prepare_command)
-    cli["proposals"] = cli.pop("per_subset")
-    cli["strong_per_class"] = int(cli["strong_per_class"])  # "5" on the command line
+    cli["strong_per_class"] = int(cli["strong_per_class"])
     api = _signature(ddn.prepare)
     assert {k: v for k, v in cli.items() if k not in ("out", "dataset", "root")} == api
     # The crop settings, shared with generate_crops.

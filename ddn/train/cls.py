@@ -28,6 +28,7 @@ from ddn.metrics import mean_average_precision
 from ddn.models import Classifier, normalize
 from ddn.train import checkpoint, loop, start
 from ddn.train.balance import balance_weight, parse_weight
+from ddn.train.config import ClsConfig
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
 from ddn.train.run_files import save_model
 from ddn.train.schedule import LRSchedule
@@ -41,40 +42,6 @@ MAX_WARMUP = 500
 # (a DecoupledNet-Str split: 75 images, 5 steps an epoch) validating 236 images after
 # every epoch took longer than the training itself.
 MAX_VALIDATIONS = 10
-
-
-@dataclass
-class ClsConfig:
-    data: str
-    out: str
-    arch: str = "vgg16"
-    width: float = 1.0
-    input_size: int = 320
-    batch: int = 32
-    iters: int | None = None  # optimizer steps; None: from epochs
-    epochs: float = 20.0
-    lr: float = 1e-3
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"  # sgd (the reference) | adamw (tiny models from scratch)
-    warmup: int | None = None  # steps; None: min(500, iters // 10)
-    decay: str = "cosine"
-    pos_weight: str = "auto"  # BCE weight of a class's positives; "1": the reference
-    pad_square: bool = True  # random crops of the zero-padded square, as at inference
-    weights: str = "imagenet"
-    device: str = "auto"
-    workers: int = 4
-    seed: int = 0
-    resume: bool = False
-    compile: bool = False
-    amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True  # on CUDA
-    log_every: int = 20
-    tensorboard: bool = True  # event files beside metrics.csv, when installed
-    ckpt_every: int = 500
-    val_every: int | None = None  # steps; None: an epoch, at most MAX_VALIDATIONS a run
-    wait: bool = False  # for the run directory's lock, if another command holds it
 
 
 @dataclass

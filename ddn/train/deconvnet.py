@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ddn.models import normalize
 from ddn.models.deconvnet import KIND, DeconvNet
 from ddn.train import loop, start
+from ddn.train.config import DeconvConfig
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run_files import save_model
 from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
@@ -33,38 +34,6 @@ from pipeline.errors import UserError
 from pipeline.readers import CropDataset
 
 TRAINER = "train-deconvnet"
-
-
-@dataclass
-class DeconvConfig:
-    data: str
-    out: str
-    arch: str = "vgg16"
-    width: float = 1.0
-    input_size: int = 320
-    batch: int = 16
-    accum: int | None = None  # None: EFFECTIVE_BATCH / (batch x world size)
-    iters: int | None = None  # None: the reference table for the strong split
-    decay_step: int | None = None  # None: the table's, scaled with iters
-    optimizer: str = "sgd"  # sgd (the reference) | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    fg_weight: str = "auto"  # every object class's loss weight; as train-seg's
-    bn_batches: int = 100
-    weights: str = "imagenet"  # encoder init, as train-cls: imagenet | none | a .pth
-    device: str = "auto"
-    workers: int = 4
-    seed: int = 0
-    resume: bool = False
-    compile: bool = False
-    amp: bool = True
-    channels_last: bool = True
-    crop_path: str = "auto"
-    log_every: int = 20
-    tensorboard: bool = True  # event files beside metrics.csv, when installed
-    ckpt_every: int = 500
-    wait: bool = False  # for the run directory's lock, if another command holds it
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
 from ddn.train import loop, start
 from ddn.train.checkpoint import mismatch
+from ddn.train.config import SegConfig
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run_files import load_checkpoint, load_model, save_model
 from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
@@ -28,38 +29,6 @@ from ddn.trained_runs import load_classifier
 from pipeline.errors import UserError
 from pipeline.readers import CropDataset
 from pipeline.shards import sha256_file
-
-
-@dataclass
-class SegConfig:
-    data: str
-    cls: str
-    out: str
-    input_size: int | None = None  # the classifier's; any other is refused
-    width: float | None = None  # None: the classifier's
-    batch: int = 16
-    accum: int | None = None  # None: 64 / (batch x world size)
-    iters: int | None = None  # None: the reference table for the strong split
-    decay_step: int | None = None  # None: the table's, scaled with iters
-    optimizer: str = "sgd"  # sgd (the reference) | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    fg_weight: str = "auto"  # "auto": from the crops' foreground share; "1": the reference
-    bn_batches: int = 100
-    weights: str = "none"
-    device: str = "auto"
-    workers: int = 4
-    seed: int = 0
-    resume: bool = False
-    compile: bool = False
-    amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True  # on CUDA
-    crop_path: str = "auto"
-    log_every: int = 20
-    tensorboard: bool = True  # event files beside metrics.csv, when installed
-    ckpt_every: int = 500
-    wait: bool = False  # for the run directory's lock, if another command holds it
 
 
 @dataclass
