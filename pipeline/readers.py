@@ -184,6 +184,22 @@ class CropDataset(_ShardDataset):
         self.target = target
         self.image_cache = ByteLRU(cache_bytes)
 
+    def source_images(self) -> np.ndarray:
+        """For every crop, the number of its source image in the whole strong set."""
+        parts, offset = [], 0
+        for shard in range(len(self.shards.files)):
+            rows = self.shards.columns(shard)["crop_image"].astype(np.int64)
+            parts.append(rows + offset)
+            offset += len(self.shards.columns(shard)["labels"])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def source_bytes(self) -> int:
+        """What caching every decoded source takes (RGBA image + label map per image)."""
+        return sum(
+            int((self.shards.file(s)["image_shapes"][()].astype(np.int64).prod(1) * 5).sum())
+            for s in range(len(self.shards.files))
+        )
+
     def crop_params(self, index: int) -> tuple[int, int, bool]:
         """(top, left, flip) of example ``index`` in the current epoch."""
         rng = example_rng(self.seed, self.epoch, self._index(index))

@@ -7,7 +7,8 @@ without them the trainers run as a single process.
 
 The data order is a pure function of (seed, stream, epoch): `IndexStream` concatenates
 one seeded permutation of the dataset per epoch, and global position ``p`` of that
-stream is example ``perm_e[p mod n]`` of epoch ``e = p // n``. Optimizer step ``s``
+stream is example ``perm_e[p mod n]`` of epoch ``e = p // n`` (windowed by source image
+where the sources outgrow the readers' cache: `IndexStream`). Optimizer step ``s``
 consumes positions ``[s*G, (s+1)*G)`` with G = batch x accum x world size; within a
 step, micro-batch m of rank r takes the ``batch`` positions starting at
 ``s*G + (m*world + r)*batch``. So every example of a global batch goes to exactly one
@@ -84,18 +85,48 @@ def no_sync(model: torch.nn.Module, skip: bool):
 
 
 class IndexStream:
-    """Epoch-wise seeded permutations of ``range(n)``, concatenated (see module doc)."""
+    """Epoch-wise seeded permutations of ``range(n)``, concatenated (see module doc).
 
-    def __init__(self, n: int, seed: int, stream: int = 0) -> None:
+    With ``groups`` (one id per example, e.g. the source image of each crop) and
+    ``window`` > 0 the permutation is windowed (quasi-random, FFCV's QUASI_RANDOM
+    idea): the groups are shuffled and cut into windows of ``window`` groups, and the
+    examples of one window are shuffled among themselves, window after window. An epoch
+    still holds every example once, and the order is still a pure function of (seed,
+    stream, epoch); but a batch draws from the ``window`` groups of one window (of two
+    where it straddles a boundary, when a window holds at least a batch of examples, as
+    ~200 crops per image do), so a reader's per-worker cache of decoded sources is
+    reused before it is evicted.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        stream: int = 0,
+        groups: np.ndarray | None = None,
+        window: int = 0,
+    ) -> None:
         if n < 1:
             raise ValueError("empty dataset")
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"{len(groups)} group ids for {n} examples")
         self.n, self.seed, self.stream = n, seed, stream
+        self.groups = None if groups is None or window < 1 else np.asarray(groups, np.int64)
+        self.window = window
         self._cache: tuple[int, np.ndarray] | None = None
 
     def permutation(self, epoch: int) -> np.ndarray:
         if self._cache is None or self._cache[0] != epoch:
             rng = np.random.default_rng((self.seed, self.stream, epoch))
-            self._cache = (epoch, rng.permutation(self.n))
+            if self.groups is None:
+                perm = rng.permutation(self.n)
+            else:
+                ids, group = np.unique(self.groups, return_inverse=True)
+                rank = np.empty(len(ids), np.int64)
+                rank[rng.permutation(len(ids))] = np.arange(len(ids))
+                # Sort by window, then by a random key: a shuffle within each window.
+                perm = np.lexsort((rng.random(self.n), rank[group] // self.window))
+            self._cache = (epoch, perm)
         return self._cache[1]
 
     def take(self, start: int, count: int) -> list[tuple[int, int]]:
@@ -123,8 +154,10 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: int = 0,
         info: DistInfo = DistInfo(),
         stream: int = 0,
+        groups: np.ndarray | None = None,
+        window: int = 0,
     ) -> None:
-        self.stream = IndexStream(n, seed, stream)
+        self.stream = IndexStream(n, seed, stream, groups, window)
         self.batch, self.accum, self.info = batch, accum, info
         self.start_step, self.total_steps = start_step, total_steps
 

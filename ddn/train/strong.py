@@ -232,7 +232,10 @@ def train_on_strong_crops(
     )  # fmt: skip
     train_model = loop.wrap_for_training(model, info, device, cfg.compile)
     device_crops = _device_crops(cfg.crop_path, train_set, device)
-    sampler = StepBatchSampler(n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info)
+    groups, window = crop_order(train_set, info)
+    sampler = StepBatchSampler(
+        n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info, groups=groups, window=window
+    )
     batches = _batches(sampler, train_set, device_crops, cfg.workers, device)
     latest = resume.path if resume else None
     metrics = start.open_metrics(run, info, step, latest)
@@ -262,13 +265,35 @@ def train_on_strong_crops(
 
     bn_steps = math.ceil(cfg.bn_batches / info.world_size)
     if bn_steps:
-        bn_sampler = StepBatchSampler(n, cfg.batch, 1, bn_steps, 0, cfg.seed, info, stream=1)
+        bn_sampler = StepBatchSampler(
+            n, cfg.batch, 1, bn_steps, 0, cfg.seed, info, stream=1, groups=groups, window=window
+        )
         bn_batches = _batches(bn_sampler, train_set, device_crops, cfg.workers, device)
         reestimate_bn(model, bn_batches, lambda batch: forward(model, batch), info)
     model.eval()
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def crop_order(dataset: CropDataset, info: DistInfo) -> tuple[np.ndarray | None, int]:
+    """(groups, window) for the sampler: a plain shuffle while every decoded source fits
+    one reader's cache; beyond it, crops windowed by source image (`IndexStream`), with
+    windows of as many images as fill half the cache (a batch may straddle two)."""
+    need, cache = dataset.source_bytes(), dataset.image_cache.max_bytes
+    if need <= cache:
+        return None, 0
+    groups = dataset.source_images()
+    images = int(groups.max()) + 1 if len(groups) else 1
+    window = max(1, int(cache / 2 / (need / images)))
+    if info.is_main:
+        print(
+            f"strong crops: the {images} source images need {need / 2**20:.0f} MiB decoded, "
+            f"more than a reader's cache ({cache / 2**20:.0f} MiB): crops are shuffled "
+            f"within windows of {window} images",
+            flush=True,
+        )
+    return groups, window
 
 
 def _batches(
