@@ -19,6 +19,17 @@ MODEL = "model.pt"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
+def state_dict_mismatch(e: Exception) -> str:
+    """The telling line of a ``load_state_dict`` error, for a one-line message: its first
+    "size mismatch" line, else the line after "Error(s) in loading state_dict for ...:"
+    (which keys are missing or unexpected); at most 200 characters."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    sizes = [line for line in lines if line.startswith("size mismatch")]
+    detail = sizes[0] if sizes else lines[1] if len(lines) > 1 else lines[0] if lines else ""
+    detail = detail or type(e).__name__
+    return detail if len(detail) <= 200 else detail[:197] + "..."
+
+
 def checkpoints(run: Path) -> list[tuple[int, Path]]:
     """(step, path) of the run's checkpoints, oldest first."""
     if not run.is_dir():

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddn.model_file import MODEL, load_model
+from ddn.model_file import MODEL, load_model, state_dict_mismatch
 from ddn.models import Classifier, DecoupledSegmenter, build_classifier
 from ddn.models.deconvnet import CONFIG_KEYS, DeconvNet, build_deconvnet
 from pipeline.errors import UserError
@@ -110,7 +110,11 @@ def _require(config: dict[str, Any], key: str, path: Path) -> Any:
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        detail = state_dict_mismatch(e)
+        raise UserError(f"{path}: weights do not fit the configured model ({detail})") from None
     problems = []
     if result.missing_keys:
         problems.append(f"missing {', '.join(result.missing_keys[:5])}")
@@ -145,10 +149,7 @@ def load_classifier(
     for key in ("num_classes", "arch", "width", "input_size"):
         _require(config, key, path)
     classifier = build_classifier(config)
-    try:
-        _load_state(classifier, state, path)
-    except RuntimeError as e:  # shape mismatches
-        raise UserError(f"{path}: weights do not fit the configured model ({_first(e)})") from None
+    _load_state(classifier, state, path)
     classes = run_classes(config, classifier.num_classes, path)
     return classifier.to(device).eval(), classes, config
 
@@ -172,10 +173,7 @@ def load_segmenter(
             "use the classifier run it was trained with"
         )
     segmenter = DecoupledSegmenter(classifier.encoder.out_channels, width, pool5)
-    try:
-        _load_state(segmenter, state, path)
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit the configured model ({_first(e)})") from None
+    _load_state(segmenter, state, path)
     return segmenter.to(device).eval(), config
 
 
@@ -203,10 +201,7 @@ def load_deconvnet(run: str | Path, device: torch.device | str = "cpu") -> Basel
     for key in CONFIG_KEYS:
         _require(config, key, path)
     model = build_deconvnet(config)
-    try:
-        _load_state(model, state, path)
-    except RuntimeError as e:  # shape mismatches
-        raise UserError(f"{path}: weights do not fit the configured model ({_first(e)})") from None
+    _load_state(model, state, path)
     classes = run_classes(config, model.num_classes, path)
     return BaselineModels(model.to(device).eval(), classes, config)
 
@@ -223,12 +218,6 @@ def load_for_inference(
     if cls_run is None:
         raise UserError(f"{seg_run}: a DecoupledNet segmenter run needs --cls CLASSIFIER_RUN")
     return load_models(cls_run, seg_run, device)
-
-
-def _first(e: Exception) -> str:
-    # load_state_dict's message spans many lines; the CLI shows one.
-    lines = [s.strip() for s in str(e).splitlines() if "size mismatch" in s]
-    return lines[0] if lines else str(e).splitlines()[0]
 
 
 def load_models(

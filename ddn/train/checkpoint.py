@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ddn.model_file import state_dict_mismatch
 from ddn.train.distributed import DistInfo, epoch_of_step
 from ddn.train.run_files import (
     changed_settings,
@@ -141,20 +142,12 @@ def restore_state(
         unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:  # weights of another model
-        raise UserError(f"{resume.path}: does not fit this run ({mismatch(e)})") from e
+        raise UserError(f"{resume.path}: does not fit this run ({state_dict_mismatch(e)})") from e
     scheduler.load_state_dict(ckpt["lr_scheduler"])
     set_rng_state(ckpt["rng"])
     step = int(ckpt["step"])
     ckpt.clear()
     return step
-
-
-def mismatch(e: Exception) -> str:
-    """The telling line of a load_state_dict error: line 1 is only "Error(s) in loading
-    state_dict for ...:", the next says which keys or shapes."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
-    return detail if len(detail) <= 200 else detail[:197] + "..."
 
 
 def _move_aside(path: Path, error: UserError, used: Path) -> Path:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ddn.model_file import state_dict_mismatch
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
 from ddn.train import loop, start
-from ddn.train.checkpoint import mismatch
 from ddn.train.config import SegConfig
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run_files import load_checkpoint, load_model, save_model
@@ -142,7 +142,7 @@ def _load_weights(model: DecoupledSegmenter, weights: str) -> None:
     try:
         model.load_state_dict(saved.get("model", saved))
     except (RuntimeError, AttributeError) as e:
-        raise UserError(f"{weights}: does not fit this segmenter ({mismatch(e)})") from e
+        raise UserError(f"{weights}: does not fit this segmenter ({state_dict_mismatch(e)})") from e
 
 
 def _check(cfg: SegConfig, classifier: Classifier) -> None:
