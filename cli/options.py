@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 
 import click
 
+from ddn.train.config import TrainerConfig
+from pipeline.settings import field_of, help_of
+
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
 
@@ -27,13 +30,25 @@ def default_of(owner: Any, name: str) -> Any:
     keyword of the function `owner`. Options take their defaults from here, so the command
     line and the Python API cannot drift apart (tests/test_defaults.py)."""
     if dataclasses.is_dataclass(owner):
-        field = {f.name: f for f in dataclasses.fields(owner)}[name]
-        default = field.default
+        default = field_of(owner, name).default
     else:
         default = inspect.signature(owner).parameters[name].default
     if default is dataclasses.MISSING or default is inspect.Parameter.empty:
         raise TypeError(f"{owner.__name__}.{name} has no default")
     return default
+
+
+def setting_option(owner: type, name: str, *decls: str, **attrs: Any) -> Decorator:
+    """The option that sets field `name` of the settings dataclass `owner`, with the
+    field's default (none for a required field) and help; `decls` are click's names for it
+    (default: --name-with-dashes), `attrs` the rest of click.option's keywords."""
+    field = field_of(owner, name)
+    if field.default is dataclasses.MISSING:
+        attrs.setdefault("required", True)
+    else:
+        attrs.setdefault("default", field.default)
+    decls = decls or ("--" + name.replace("_", "-"),)
+    return click.option(*decls, help=help_of(owner, name), **attrs)
 
 
 def stack(*decorators: Decorator) -> Decorator:
@@ -50,10 +65,9 @@ def stack(*decorators: Decorator) -> Decorator:
 
 
 def data_option() -> Decorator:
-    """--data: the directory `ddn prepare` wrote (train-cls, train-seg, eval)."""
-    return click.option(
-        "--data", type=PATH, required=True, help="A directory made by `ddn prepare`."
-    )
+    """--data: the directory `ddn prepare` wrote (train-cls, train-seg, eval: the trainers'
+    field, whose meaning eval shares)."""
+    return setting_option(TrainerConfig, "data", type=PATH)
 
 
 def json_option() -> Decorator:
@@ -115,7 +129,7 @@ def inference_options(*library: Callable[..., Any]) -> Decorator:
 
 def run_dir_option() -> Decorator:
     """--out: the run directory a trainer writes its checkpoints and model.pt to."""
-    return click.option("--out", type=PATH, required=True, help="The run directory.")
+    return setting_option(TrainerConfig, "out", type=PATH)
 
 
 def wait_option(directory: str) -> Decorator:
@@ -129,75 +143,26 @@ def wait_option(directory: str) -> Decorator:
     )
 
 
-def training_options(
-    config: type,
-    *,
-    seeds: str,
-    compiles: str,
-    workers: str = "DataLoader worker processes.",
-    beside_device: tuple[Decorator, ...] = (),
-) -> Decorator:
-    """--device ... --wait: how a trainer runs, as opposed to what it learns; the defaults
-    are the fields of `config`, the trainer's settings dataclass.
+def training_options(config: type, beside_device: tuple[Decorator, ...] = ()) -> Decorator:
+    """--device ... --wait: how a trainer runs, as opposed to what it learns; defaults and
+    help are the fields of `config`, the trainer's settings dataclass (a `TrainerConfig`).
 
-    The help differs only where the trainers do: `seeds` names what --seed seeds besides
-    the init and the data order, `compiles` what --compile compiles, `workers` is the
-    --workers help. `beside_device` are a trainer's own options that belong right after
-    --device (train-seg's --crop-path, which picks where the work runs).
+    `beside_device` are a trainer's own options that belong right after --device
+    (train-seg's --crop-path, which picks where the work runs).
     """
     return stack(
-        click.option(
-            "--device",
-            type=click.Choice(["auto", "cpu", "cuda"]),
-            default=default_of(config, "device"),
-        ),
+        setting_option(config, "device", type=click.Choice(["auto", "cpu", "cuda"])),
         *beside_device,
-        click.option("--workers", default=default_of(config, "workers"), help=workers),
-        click.option(
-            "--seed",
-            default=default_of(config, "seed"),
-            help=f"Seeds the init, the data order and {seeds}.",
-        ),
-        click.option(
-            "--resume",
-            is_flag=True,
-            default=default_of(config, "resume"),
-            help="Continue from the latest checkpoint in --out.",
-        ),
-        click.option(
-            "--compile",
-            "compile_",
-            is_flag=True,
-            default=default_of(config, "compile"),
-            help=f"torch.compile {compiles}.",
-        ),
-        click.option(
-            "--amp/--no-amp",
-            default=default_of(config, "amp"),
-            help="CUDA: bf16 autocast (off: float32).",
-        ),
-        click.option(
-            "--channels-last/--no-channels-last",
-            default=default_of(config, "channels_last"),
-            help="CUDA: channels_last memory format.",
-        ),
-        click.option(
-            "--log-every",
-            default=default_of(config, "log_every"),
-            help="Steps between metrics.csv rows.",
-        ),
-        click.option(
-            "--tensorboard/--no-tensorboard",
-            default=default_of(config, "tensorboard"),
-            help="TensorBoard event files beside metrics.csv (when TensorBoard is installed: "
-            "pip install 'ddn[tensorboard]').",
-        ),
-        click.option(
-            "--ckpt-every",
-            default=default_of(config, "ckpt_every"),
-            help="Steps between checkpoints.",
-        ),
-        wait_option("--out"),
+        setting_option(config, "workers"),
+        setting_option(config, "seed"),
+        setting_option(config, "resume", is_flag=True),
+        setting_option(config, "compile", "--compile", "compile_", is_flag=True),
+        setting_option(config, "amp", "--amp/--no-amp"),
+        setting_option(config, "channels_last", "--channels-last/--no-channels-last"),
+        setting_option(config, "log_every"),
+        setting_option(config, "tensorboard", "--tensorboard/--no-tensorboard"),
+        setting_option(config, "ckpt_every"),
+        setting_option(config, "wait", is_flag=True),
     )
 
 

@@ -9,8 +9,10 @@ from cli.options import (
     config_fields,
     data_option,
     default_of,
+    help_of,
     is_reporting_rank,
     run_dir_option,
+    setting_option,
     training_options,
 )
 from ddn.models import ARCHS
@@ -22,10 +24,19 @@ from pipeline.errors import UserError
 BASELINE_DEFAULTS = ("arch", "input_size", "width", "weights")
 
 
+def _baseline(name: str) -> str:
+    """DeconvConfig's help for `name` and its default, for the part of an option's help
+    that tells what it sets with --baseline."""
+    return f"{help_of(DeconvConfig, name)} [default: {default_of(DeconvConfig, name)}]"
+
+
 @click.command("train-seg", context_settings={"show_default": True})
 @data_option()
 @click.option(
-    "--cls", type=PATH, default=None, help="A finished `ddn train-cls` run (not for --baseline)."
+    "--cls",
+    type=PATH,
+    default=None,  # --baseline deconvnet trains without one; command() asks for it otherwise
+    help=f"{help_of(SegConfig, 'cls')} Not for --baseline.",
 )
 @run_dir_option()
 @click.option(
@@ -39,88 +50,41 @@ BASELINE_DEFAULTS = ("arch", "input_size", "width", "weights")
     "--arch",
     type=click.Choice(ARCHS),
     default=None,
-    help="--baseline only: encoder layout, as train-cls "
-    f"[default: {default_of(DeconvConfig, 'arch')}].",
+    help=f"--baseline only: {_baseline('arch')}.",
 )
 @click.option(
     "--input-size",
     type=int,
     default=default_of(SegConfig, "input_size"),
-    help=f"--baseline: crop side [default: {default_of(DeconvConfig, 'input_size')}]. "
-    "DecoupledNet crops at the classifier's input size (any other is refused). Boxes are "
-    "warped to 350/320 of it.",
+    help=f"--baseline: {_baseline('input_size')}. {help_of(SegConfig, 'input_size')}",
 )
 @click.option(
     "--width",
     type=float,
     default=default_of(SegConfig, "width"),
-    help="--baseline: encoder/decoder channel fraction "
-    f"[default: {default_of(DeconvConfig, 'width'):g}]. DecoupledNet: must equal "
-    "the classifier's (the segmenter unpools with its switches) [default: it].",
+    help=f"--baseline: {_baseline('width')}. DecoupledNet: {help_of(SegConfig, 'width')} "
+    "[default: it].",
 )
-@click.option(
-    "--batch", default=default_of(SegConfig, "batch"), help="Crops per micro-batch per process."
-)
-@click.option(
-    "--accum",
-    type=int,
-    default=default_of(SegConfig, "accum"),
-    help="Micro-batches per step [default: 64 / (batch x processes)].",
-)
-@click.option(
-    "--iters",
-    type=int,
-    default=default_of(SegConfig, "iters"),
-    help="Steps [default: the reference's for the strong split: 5/class 5,500, "
-    "10: 7,500, 25: 15,000, full: 17,500]; the decay step scales with it.",
-)
-@click.option(
-    "--decay-step",
-    type=int,
-    default=default_of(SegConfig, "decay_step"),
-    help="Step of the x0.1 decay [default: the reference's, scaled].",
-)
-@click.option(
-    "--optimizer",
-    type=click.Choice(["sgd", "adamw"]),
-    default=default_of(SegConfig, "optimizer"),
-    help="sgd with momentum (the reference) or adamw (tiny models from scratch, e.g. the "
-    "demo's, learn faster with it; pass a smaller --lr, e.g. 1e-3).",
-)
-@click.option("--lr", default=default_of(SegConfig, "lr"))
-@click.option("--momentum", default=default_of(SegConfig, "momentum"), help="SGD only.")
-@click.option("--weight-decay", default=default_of(SegConfig, "weight_decay"))
-@click.option(
-    "--fg-weight",
-    default=default_of(SegConfig, "fg_weight"),
-    help="Loss weight of foreground pixels (--baseline: of every object class): 'auto' "
-    "sets it from the training crops' foreground share f as sqrt((1-f)/f), in [1, 10]; "
-    "1 is the reference's plain cross-entropy.",
-)
-@click.option(
-    "--bn-batches",
-    default=default_of(SegConfig, "bn_batches"),
-    help="Batches for the final BN statistics re-estimation (0: skip).",
-)
+@setting_option(SegConfig, "batch")
+@setting_option(SegConfig, "accum", type=int)
+@setting_option(SegConfig, "iters", type=int)
+@setting_option(SegConfig, "decay_step", type=int)
+@setting_option(SegConfig, "optimizer", type=click.Choice(["sgd", "adamw"]))
+@setting_option(SegConfig, "lr")
+@setting_option(SegConfig, "momentum")
+@setting_option(SegConfig, "weight_decay")
+@setting_option(SegConfig, "fg_weight")
+@setting_option(SegConfig, "bn_batches")
 @click.option(
     "--weights",
     default=None,
-    help="Init of bridge + segmenter: none, or a train-seg run / model.pt "
-    f"[default: {default_of(SegConfig, 'weights')}]. --baseline: the encoder's, as train-cls: "
-    f"imagenet, none or a .pth [default: {default_of(DeconvConfig, 'weights')}].",
+    help=f"{help_of(SegConfig, 'weights')} [default: {default_of(SegConfig, 'weights')}]. "
+    f"--baseline: {_baseline('weights')}.",
 )
 @training_options(
     SegConfig,
-    seeds="the crops",
-    compiles="the networks",
-    workers="DataLoader worker processes (cpu crop path).",
     beside_device=(
-        click.option(
-            "--crop-path",
-            type=click.Choice(["auto", "gpu", "cpu"]),
-            default=default_of(SegConfig, "crop_path"),
-            help="gpu: crops cut on the device (auto on CUDA); cpu: DataLoader workers.",
-        ),
+        setting_option(SegConfig, "crop_path", type=click.Choice(["auto", "gpu", "cpu"])),
     ),
 )
 def command(**options) -> None:

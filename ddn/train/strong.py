@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ddn.train import checkpoint, loop, start
 from ddn.train.balance import balance_weight, parse_weight
+from ddn.train.config import StrongConfig
 from ddn.train.distributed import DistInfo, StepBatchSampler, all_reduce_mean
 from ddn.train.gpu_crops import DeviceCrops
 from ddn.train.schedule import segmenter_schedule
@@ -47,30 +48,6 @@ EFFECTIVE_BATCH = 64  # the reference's 4 x 16
 WARP_RATIO = 350 / 320  # the reference warps boxes to 350 and crops 320
 FG_SAMPLES = 256  # training crops drawn to measure the foreground share (fg_weight "auto")
 DEVICE_CROPS_MAX_SHARE = 0.25  # auto: the strong set may take this share of free GPU memory
-
-
-class StrongConfig(Protocol):
-    """The settings `train_on_strong_crops` reads (SegConfig and DeconvConfig have them)."""
-
-    data: str
-    out: str
-    batch: int
-    accum: int | None
-    iters: int | None
-    decay_step: int | None
-    lr: float
-    optimizer: str
-    momentum: float
-    weight_decay: float
-    fg_weight: str
-    bn_batches: int
-    workers: int
-    seed: int
-    compile: bool
-    crop_path: str
-    log_every: int
-    tensorboard: bool
-    ckpt_every: int
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
