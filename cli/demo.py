@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import default_of, wait_option
+from cli.options import default_of, setting_option, wait_option
 from ddn.train.config import ClsConfig
 from pipeline.build import CropSettings
 from pipeline.datasets import load_dataset
@@ -44,10 +44,9 @@ from pipeline.synth import generate
 @click.option("--input-size", default=96, help="Network input size (multiple of 32).")
 @click.option("--cls-iters", default=1500, help="Classifier training steps.")
 @click.option("--seg-iters", default=1000, help="Segmenter training steps.")
-@click.option("--device", default=default_of(ClsConfig, "device"), help="auto | cpu | cuda.")
-@click.option(
-    "--jobs", default=default_of(ShardSettings, "jobs"), help="Parallel workers for prepare."
-)
+# A Choice, as the trainers' --device: a typo stops here, not after synth and prepare.
+@setting_option(ClsConfig, "device", type=click.Choice(["auto", "cpu", "cuda"]))
+@setting_option(ShardSettings, "jobs")
 @click.option("--seed", default=default_of(generate, "seed"))
 @wait_option("a directory under --out")
 def command(

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import click
 
-from cli.options import default_of, wait_option
+from cli.options import default_of, setting_option, wait_option
 from ddn.data import prepare
-from pipeline.prepare import NEGATIVES
+from pipeline.build import CropSettings
+from pipeline.combinatorial import RANDOM_BOXES
+from pipeline.prepare import NEGATIVES, ShardSettings, SplitSettings
+from pipeline.proposals import METHODS, ProposalConfig
 
 PathArg = click.Path(path_type=Path)
 
@@ -47,115 +50,38 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
     default=None,
     help="coco: comma-separated category names to keep (e.g. the 20 VOC classes).",
 )
+# --strong-per-class and --seed keep the command's own help: the first takes 'full' where
+# SplitSettings takes None, the second seeds both SplitSettings and CropSettings.
 @click.option(
     "--strong-per-class",
     type=str,  # a number or 'full'
     default=default_of(prepare, "strong_per_class"),
     help="Strong images per class (N x C in all), or 'full' for every mask with an object.",
 )
-@click.option(
-    "--strong-list",
-    type=PathArg,
-    default=None,
-    help="Use these strong image ids (one per line) instead of choosing.",
-)
-@click.option(
-    "--weak-from",
-    type=click.Choice(["all", "strong"]),
-    default=default_of(prepare, "weak_from"),
-    help="'strong': classifier data = the strong images only (DecoupledNet-Str).",
-)
-@click.option(
-    "--allow-short",
-    is_flag=True,
-    help="Take all images of a class that has fewer than --strong-per-class.",
-)
-@click.option(
-    "--negatives",
-    type=click.Choice(NEGATIVES),
-    default=default_of(prepare, "negatives"),
-    help="Background-only images: keep them as negatives (weak, val) or leave them out.",
-)
+@setting_option(SplitSettings, "strong_list", type=PathArg)
+@setting_option(SplitSettings, "weak_from", type=click.Choice(["all", "strong"]))
+@setting_option(SplitSettings, "allow_short", is_flag=True)
+@setting_option(SplitSettings, "negatives", type=click.Choice(NEGATIVES))
 @click.option(
     "--seed",
     default=default_of(prepare, "seed"),
     help="Seed for the strong split, random boxes and subsets.",
 )
-@click.option(
-    "--method",
-    type=click.Choice(["edgebox", "selective-search", "random"]),
-    default=default_of(prepare, "method"),
-    help="Region proposals for the combinatorial crops.",
-)
-@click.option(
-    "--proposals", default=default_of(prepare, "proposals"), help="N_p: boxes per label subset."
-)
-@click.option(
-    "--edge-model",
-    type=PathArg,
-    default=None,
-    help="OpenCV structured-edge model.yml.gz; without it edges come from gradients.",
-)
-@click.option(
-    "--max-boxes",
-    default=default_of(prepare, "max_boxes"),
-    help="EdgeBoxes: candidate boxes per image.",
-)
-@click.option(
-    "--edgebox-alpha",
-    default=default_of(prepare, "edgebox_alpha"),
-    help="EdgeBoxes: step size of the box search.",
-)
-@click.option(
-    "--edgebox-beta",
-    default=default_of(prepare, "edgebox_beta"),
-    help="EdgeBoxes: NMS threshold between boxes.",
-)
-@click.option(
-    "--edgebox-min-score",
-    default=default_of(prepare, "edgebox_min_score"),
-    help="EdgeBoxes: minimum box score.",
-)
-@click.option(
-    "--enclose",
-    default=default_of(prepare, "enclose"),
-    help="A box encloses subset P when it holds at least this share of P's pixels.",
-)
-@click.option(
-    "--random-boxes",
-    type=click.Choice(["scales", "margin"]),
-    default=default_of(prepare, "random_boxes"),
-    help="Random boxes around a subset: sides log-uniform from its tight box to the padded "
-    "image square (scales), or the tight box grown by up to half its size per side (margin).",
-)
-@click.option(
-    "--whole-image/--no-whole-image",
-    default=default_of(prepare, "whole_image"),
-    help="Also train on each subset's whole image, padded to a square as at inference "
-    "(the paper's N_s term).",
-)
-@click.option(
-    "--max-subsets",
-    default=default_of(prepare, "max_subsets"),
-    help="Cap on label subsets per image (all singletons, the full set, then random).",
-)
-@click.option(
-    "--materialize",
-    type=int,
-    default=None,
-    help="Also store SIZExSIZE pixel crops and masks, for tools outside ddn.",
-)
-@click.option(
-    "--shard-size", default=default_of(prepare, "shard_size"), help="Images per weak / val shard."
-)
-@click.option(
-    "--strong-shard-size",
-    default=default_of(prepare, "strong_shard_size"),
-    help="Images per strong shard.",
-)
-@click.option(
-    "--jobs", default=default_of(prepare, "jobs"), help="Parallel joblib workers (-1: all cores)."
-)
+@setting_option(ProposalConfig, "method", type=click.Choice(METHODS))
+@setting_option(CropSettings, "per_subset", "--proposals")
+@setting_option(ProposalConfig, "edge_model", type=PathArg)
+@setting_option(ProposalConfig, "max_boxes")
+@setting_option(ProposalConfig, "alpha", "--edgebox-alpha")
+@setting_option(ProposalConfig, "beta", "--edgebox-beta")
+@setting_option(ProposalConfig, "min_score", "--edgebox-min-score")
+@setting_option(CropSettings, "enclose")
+@setting_option(CropSettings, "random_boxes", type=click.Choice(RANDOM_BOXES))
+@setting_option(CropSettings, "whole_image", "--whole-image/--no-whole-image")
+@setting_option(CropSettings, "max_subsets")
+@setting_option(CropSettings, "materialize", type=int)
+@setting_option(ShardSettings, "shard_size")
+@setting_option(ShardSettings, "strong_shard_size")
+@setting_option(ShardSettings, "jobs")
 @click.option(
     "--skip-bad",
     is_flag=True,

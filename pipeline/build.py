@@ -27,6 +27,7 @@ from pipeline.imageio import (
 )
 from pipeline.proposals import ProposalConfig, propose, set_single_thread
 from pipeline.records import Record
+from pipeline.settings import setting
 from pipeline.shards import CropTable, ShardImages, shard_name, subset_classes, write_shard
 
 
@@ -35,13 +36,28 @@ class CropSettings:
     """How combinatorial crops are made (all of it goes into the config hash)."""
 
     proposals: ProposalConfig
-    per_subset: int = 200  # N_p
-    enclose: float = 0.95
-    max_subsets: int | None = 64
-    materialize: int | None = None
-    seed: int = 0
-    random_boxes: str = "scales"  # pipeline.combinatorial.RANDOM_BOXES
-    whole_image: bool = True  # the paper's N_s: the padded image as one more example
+    per_subset: int = setting(200, help="N_p: boxes per label subset.")
+    enclose: float = setting(
+        0.95, help="A box encloses subset P when it holds at least this share of P's pixels."
+    )
+    max_subsets: int | None = setting(
+        64, help="Cap on label subsets per image (all singletons, the full set, then random)."
+    )
+    materialize: int | None = setting(
+        None, help="Also store SIZExSIZE pixel crops and masks, for tools outside ddn."
+    )
+    seed: int = setting(0, help="Seed for the random boxes and subsets.")
+    random_boxes: str = setting(  # pipeline.combinatorial.RANDOM_BOXES
+        "scales",
+        help="Random boxes around a subset: sides log-uniform from its tight box to the padded "
+        "image square (scales), or the tight box grown by up to half its size per side "
+        "(margin).",
+    )
+    whole_image: bool = setting(
+        True,
+        help="Also train on each subset's whole image, padded to a square as at inference "
+        "(the paper's N_s term).",
+    )
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pipeline.manifest import config_hash, write_manifest
 from pipeline.output_dir import SCAN_CACHES, check_output_dir, finished_shards
 from pipeline.progress import progress
 from pipeline.records import DatasetSplits, Record
+from pipeline.settings import setting
 from pipeline.shards import FORMAT_VERSION, sha256_file
 from pipeline.splits import read_strong_list, select_strong, write_split_files
 
@@ -36,13 +37,23 @@ NEGATIVES = ("keep", "drop")
 
 @dataclass
 class SplitSettings:
-    strong_per_class: int | None = 5  # None = full
-    strong_list: str | None = None
-    weak_from: str = "all"  # "all" | "strong" (DecoupledNet-Str)
-    allow_short: bool = False
-    seed: int = 0
-    # Background-only images: "keep" them as negatives in weak and val, or "drop" them.
-    negatives: str = "keep"
+    strong_per_class: int | None = setting(
+        5, help="Strong images per class (N x C in all); None: every mask with an object."
+    )
+    strong_list: str | None = setting(
+        None, help="Use these strong image ids (one per line) instead of choosing."
+    )
+    weak_from: str = setting(
+        "all", help="'strong': classifier data = the strong images only (DecoupledNet-Str)."
+    )
+    allow_short: bool = setting(
+        False, help="Take all images of a class that has fewer than --strong-per-class."
+    )
+    seed: int = setting(0, help="Seed for the strong split.")
+    negatives: str = setting(
+        "keep",
+        help="Background-only images: keep them as negatives (weak, val) or leave them out.",
+    )
 
     def __post_init__(self) -> None:
         if self.negatives not in NEGATIVES:
@@ -53,9 +64,10 @@ class SplitSettings:
 
 @dataclass
 class ShardSettings:
-    shard_size: int = 1000  # images per weak / val shard
-    strong_shard_size: int = 8  # strong images are the slow ones: small tasks parallelise
-    jobs: int = -1
+    shard_size: int = setting(1000, help="Images per weak / val shard.")
+    # Small: strong images are the slow ones, and small tasks parallelise.
+    strong_shard_size: int = setting(8, help="Images per strong shard.")
+    jobs: int = setting(-1, help="Parallel joblib workers (-1: all cores).")
 
     def __post_init__(self) -> None:
         # joblib's convention; 0 means nothing to it and would fail deep inside Parallel.

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.settings import setting
 
 METHODS = ("edgebox", "selective-search", "random")
 
@@ -55,12 +56,14 @@ class ProposalConfig:
     downscaled copy selective search runs on.
     """
 
-    method: str = "edgebox"
-    edge_model: str | None = None
-    alpha: float = 0.65
-    beta: float = 0.75
-    min_score: float = 0.01
-    max_boxes: int = 1000
+    method: str = setting("edgebox", help="Region proposals for the combinatorial crops.")
+    edge_model: str | None = setting(
+        None, help="OpenCV structured-edge model.yml.gz; without it edges come from gradients."
+    )
+    alpha: float = setting(0.65, help="EdgeBoxes: step size of the box search.")
+    beta: float = setting(0.75, help="EdgeBoxes: NMS threshold between boxes.")
+    min_score: float = setting(0.01, help="EdgeBoxes: minimum box score.")
+    max_boxes: int = setting(1000, help="EdgeBoxes: candidate boxes per image.")
     min_box_frac: float = _OPENCV_MIN_BOX_AREA_FRACTION
     max_aspect_ratio: float = 3.0
     edge_sigma: float = 1.0

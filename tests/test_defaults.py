@@ -1,11 +1,13 @@
 """One source of truth: every `ddn` option defaults to what the library does when the same
-setting is left out (issue 12, section 2).
+setting is left out, and an option that sets a settings dataclass's field shows that
+field's help (issue 12, section 2).
 
 Each command's options are matched by name with the fields of the settings dataclasses and
 the keywords of the functions the command runs (`LIBRARY`). An option whose default differs
 on purpose is in `DIFFERS` with its reason; an option with no library counterpart is in
 `CLI_ONLY`. A new option, or a changed default on either side, fails here until it is
-matched, or listed with a reason.
+matched, or listed with a reason. Likewise for the help (`SETTINGS`, `HELP_DIFFERS`,
+`COMPOSED`): a field's help edited on one side only fails here.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from cli import predict as predict_cmd
 from cli.main import cli
 from ddn import data, evaluation, inference, predictor
 from ddn.train.config import ClsConfig, DeconvConfig, SegConfig
+from pipeline.build import CropSettings
 from pipeline.download import fetch
 from pipeline.inspect import draw_grid
 from pipeline.prepare import ShardSettings, SplitSettings
+from pipeline.proposals import ProposalConfig
+from pipeline.settings import help_of
 from pipeline.synth import generate
 
 REQUIRED = "<required>"  # an option that must be given, a field or keyword without default
@@ -223,3 +228,102 @@ def test_the_library_functions_agree_among_themselves() -> None:
         k for k in shared if library_default(SegConfig, k) != library_default(DeconvConfig, k)
     }
     assert differ == {"input_size", "width", "weights"}  # DIFFERS' --baseline defaults
+
+
+# ---------------------------------------------------------------- help
+
+# command -> the settings dataclasses whose fields its options set (the others' options set
+# function keywords, whose help stays with the command)
+SETTINGS: dict[str, tuple[type, ...]] = {
+    "train-cls": (ClsConfig,),
+    "train-seg": (SegConfig, DeconvConfig),
+    "prepare": (SplitSettings, CropSettings, ProposalConfig, ShardSettings),
+    "demo": (SplitSettings, ShardSettings, ClsConfig),
+}
+
+# (command, click parameter name) -> the field's name, where `prepare` renames it
+HELP_RENAMED = {
+    ("prepare", "proposals"): "per_subset",
+    ("prepare", "edgebox_alpha"): "alpha",
+    ("prepare", "edgebox_beta"): "beta",
+    ("prepare", "edgebox_min_score"): "min_score",
+}
+
+# (command, option) -> why its help is built from the fields' help and more
+COMPOSED = {
+    ("train-seg", option): "one option for SegConfig's field or, with --baseline, "
+    "DeconvConfig's: its help tells both"
+    for option in ("cls", "arch", "input_size", "width", "weights")
+}
+
+# (command, option) -> why its help is the command's own, not the field's
+HELP_DIFFERS = {
+    ("prepare", "strong_per_class"): "the command takes 'full' where SplitSettings takes None",
+    ("prepare", "seed"): "one seed for SplitSettings.seed and CropSettings.seed",
+    ("demo", "strong_per_class"): "the demo's recipe takes a number only",
+    ("demo", "out"): "the demo's workspace, not a run directory",
+    ("demo", "width"): "the demo's recipe: both networks' width",
+    ("demo", "input_size"): "the demo's recipe: both networks' input side",
+    ("demo", "seed"): "one seed for the synthetic set, the split, the crops and both trainers",
+    ("demo", "wait"): "the demo locks its whole workspace, not one run directory",
+}
+
+
+def help_mismatches(name: str, command: click.Command, owners: tuple[type, ...]) -> list[str]:
+    """Where `command`'s options and the help of the `owners`' fields they set disagree."""
+    problems = []
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        key = (name, param.name)
+        field = HELP_RENAMED.get(key, RENAMED.get(key, param.name))
+        found = {}
+        for owner in owners:
+            with contextlib.suppress(KeyError):  # not one of this owner's fields
+                found[owner.__qualname__] = help_of(owner, field)
+        shown = param.help
+        if not found:
+            if key in HELP_DIFFERS or key in COMPOSED:
+                problems.append(f"{name} {param.name}: listed but no field in {owners} has it")
+            continue
+        if None in found.values():
+            problems.append(f"{name} {param.name}: a field without help in {found}")
+        elif key in HELP_DIFFERS:
+            if all(shown == text for text in found.values()):
+                problems.append(f"{name} {param.name}: now shows {found}; unlist it")
+        elif key in COMPOSED:
+            for where, text in found.items():
+                if text not in (shown or ""):
+                    problems.append(f"{name} {param.name}: {where}'s {text!r} not in {shown!r}")
+        else:
+            for where, text in found.items():
+                if shown != text:
+                    problems.append(f"{name} {param.name}: {shown!r} != {where} {text!r}")
+    return problems
+
+
+def test_every_setting_option_shows_its_field_help() -> None:
+    problems = [
+        line
+        for name, owners in SETTINGS.items()
+        for line in help_mismatches(name, cli.commands[name], owners)
+    ]
+    assert problems == []
+
+
+def test_the_help_lists_name_only_existing_options() -> None:
+    params = {(name, p.name) for name, c in cli.commands.items() for p in c.params}
+    assert set(HELP_DIFFERS) | set(COMPOSED) | set(HELP_RENAMED) <= params
+    assert {name for name, _ in [*HELP_DIFFERS, *COMPOSED, *HELP_RENAMED]} <= set(SETTINGS)
+
+
+def test_a_changed_help_is_noticed() -> None:
+    # --lr edited on the command line only; --momentum says what ClsConfig.momentum says.
+    @click.command()
+    @click.option("--lr", default=ClsConfig.lr, help="Some other words.")
+    @click.option("--momentum", default=ClsConfig.momentum, help=help_of(ClsConfig, "momentum"))
+    def command(**_: object) -> None:
+        pass
+
+    problems = help_mismatches("fake", command, (ClsConfig,))
+    assert problems == ["fake lr: 'Some other words.' != ClsConfig 'Backbone learning rate.'"]
