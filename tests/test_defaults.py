@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +128,31 @@ def cli_default(param: click.Parameter, command: click.Command) -> Any:
     return REQUIRED if param.required else param.get_default(click.Context(command))
 
 
-def mismatches(name: str, command: click.Command, owners: tuple[Any, ...]) -> list[str]:
-    """What disagrees between `command`'s options and `owners`' defaults, one line each."""
-    problems = []
+def matched(
+    name: str,
+    command: click.Command,
+    owners: tuple[Any, ...],
+    look_up: Callable[[Any, str], Any],
+    renamed: dict[tuple[str, str], str],
+) -> Iterator[tuple[tuple[str, str], click.Option, dict[str, Any]]]:
+    """Each option of `command` (as (name, parameter) key), with `look_up(owner, setting)`
+    of each of `owners` that has the setting it sets (by name, or `renamed`'s)."""
     for param in command.params:
         if not isinstance(param, click.Option):
-            continue  # arguments have no default
+            continue  # arguments have no default or help of a setting
         key = (name, param.name)
-        library = RENAMED.get(key, param.name)
+        setting = renamed.get(key, param.name)
         found = {}
         for owner in owners:
             with contextlib.suppress(KeyError):  # not one of this owner's settings
-                found[owner.__qualname__] = library_default(owner, library)
+                found[owner.__qualname__] = look_up(owner, setting)
+        yield key, param, found
+
+
+def mismatches(name: str, command: click.Command, owners: tuple[Any, ...]) -> list[str]:
+    """What disagrees between `command`'s options and `owners`' defaults, one line each."""
+    problems = []
+    for key, param, found in matched(name, command, owners, library_default, RENAMED):
         value = cli_default(param, command)
         if key in CLI_ONLY:
             if found:
@@ -272,15 +285,7 @@ HELP_DIFFERS = {
 def help_mismatches(name: str, command: click.Command, owners: tuple[type, ...]) -> list[str]:
     """Where `command`'s options and the help of the `owners`' fields they set disagree."""
     problems = []
-    for param in command.params:
-        if not isinstance(param, click.Option):
-            continue
-        key = (name, param.name)
-        field = HELP_RENAMED.get(key, RENAMED.get(key, param.name))
-        found = {}
-        for owner in owners:
-            with contextlib.suppress(KeyError):  # not one of this owner's fields
-                found[owner.__qualname__] = help_of(owner, field)
+    for key, param, found in matched(name, command, owners, help_of, RENAMED | HELP_RENAMED):
         shown = param.help
         if not found:
             if key in HELP_DIFFERS or key in COMPOSED:
