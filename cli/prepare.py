@@ -12,6 +12,7 @@ import click
 from cli.options import default_of, setting_option, wait_option
 from ddn.data import prepare
 from pipeline.build import CropSettings
+from pipeline.cluster import BACKENDS
 from pipeline.combinatorial import RANDOM_BOXES
 from pipeline.prepare import NEGATIVES, ShardSettings, SplitSettings
 from pipeline.proposals import METHODS, ProposalConfig
@@ -82,6 +83,8 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
 @setting_option(ShardSettings, "shard_size")
 @setting_option(ShardSettings, "strong_shard_size")
 @setting_option(ShardSettings, "jobs")
+@setting_option(ShardSettings, "backend", type=click.Choice(BACKENDS))
+@setting_option(ShardSettings, "scheduler", metavar="ADDRESS")
 @click.option(
     "--skip-bad",
     is_flag=True,
@@ -119,6 +122,8 @@ def command(
     shard_size: int,
     strong_shard_size: int,
     jobs: int,
+    backend: str,
+    scheduler: str | None,
     skip_bad: bool,
     overwrite: bool,
     wait: bool,
@@ -154,6 +159,8 @@ def command(
         shard_size=shard_size,
         strong_shard_size=strong_shard_size,
         jobs=jobs,
+        backend=backend,
+        scheduler=scheduler,
         skip_bad=skip_bad,
         overwrite=overwrite,
         wait=wait,

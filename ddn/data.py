@@ -99,6 +99,8 @@ def prepare(
     shard_size: int = ShardSettings.shard_size,
     strong_shard_size: int = ShardSettings.strong_shard_size,
     jobs: int = ShardSettings.jobs,
+    backend: str = ShardSettings.backend,
+    scheduler: str | None = ShardSettings.scheduler,
     skip_bad: bool = False,
     overwrite: bool = False,
     wait: bool = False,
@@ -107,7 +109,9 @@ def prepare(
         ``max_subsets``), with the same defaults; ``strong_per_class`` is a number or "full",
         ``categories`` a list or a comma-separated string. Returns the manifest (a dict, also
         in ``OUT/manifest.json``). Re-running resumes, as the command does; ``wait`` queues
-    behind another writer of ``out`` instead of refusing."""
+    behind another writer of ``out`` instead of refusing. ``backend="dask"`` with
+    ``scheduler="tcp://HOST:8786"`` builds the shards on that Dask cluster, whose workers
+    must see ``out`` and the dataset under the same paths (`pipeline.cluster`)."""
     from pipeline.datasets import load_dataset  # its adapters import pycocotools, scipy
 
     options: dict[str, Any]
@@ -144,7 +148,8 @@ def prepare(
     )
     if shard_size < 1 or strong_shard_size < 1:
         raise UserError("--shard-size and --strong-shard-size must be at least 1")
-    shards = ShardSettings(shard_size, strong_shard_size, jobs)  # checks --jobs
+    # Checks --jobs, --backend and --scheduler before the dataset is listed.
+    shards = ShardSettings(shard_size, strong_shard_size, jobs, backend, scheduler)
     per_class = None if strong_per_class is None else parse_strong_per_class(str(strong_per_class))
     split = SplitSettings(
         per_class,

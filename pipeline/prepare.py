@@ -3,10 +3,11 @@
 Steps: list the dataset (adapter) -> learn each training image's classes (from
 labels or a scan of its mask, cached) -> with ``negatives="drop"``, leave out the
 background-only images -> choose weak / strong / val -> cut the lists into shard
-tasks -> run the tasks not already finished with joblib, updating the manifest after
-each. Re-running the same command resumes; a different config into the same
-directory is refused unless ``overwrite``; a second command while one runs is refused
-(or waits), as the two would write the same files (`pipeline.lock`).
+tasks -> run the tasks not already finished with joblib, on this machine's cores or on
+a Dask cluster (`pipeline.cluster`), updating the manifest after each. Re-running the
+same command resumes; a different config into the same directory is refused unless
+``overwrite``; a second command while one runs is refused (or waits), as the two would
+write the same files (`pipeline.lock`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 from joblib import Parallel, delayed
 
 from pipeline import __version__
-from pipeline.build import CropSettings, ShardTask, build_shard
+from pipeline.build import CropSettings, ShardTask
+from pipeline.cluster import RunShards, check_backend, shard_runner
 from pipeline.errors import BadInputError, UserError
 from pipeline.imageio import check_label_values, classes_in, load_label_map
 from pipeline.lock import exclusive_dir
@@ -67,12 +69,23 @@ class ShardSettings:
     shard_size: int = setting(1000, help="Images per weak / val shard.")
     # Small: strong images are the slow ones, and small tasks parallelise.
     strong_shard_size: int = setting(8, help="Images per strong shard.")
-    jobs: int = setting(-1, help="Parallel joblib workers (-1: all cores).")
+    jobs: int = setting(
+        -1, help="Parallel joblib workers (-1: all cores); with --backend dask, for the mask scan."
+    )
+    backend: str = setting(
+        "local",
+        help="Where the shards are built: this machine's cores (--jobs), or a Dask cluster "
+        "(--scheduler) whose workers share OUT and the dataset under the same paths.",
+    )
+    scheduler: str | None = setting(
+        None, help="--backend dask: the Dask scheduler's address, e.g. tcp://HOST:8786."
+    )
 
     def __post_init__(self) -> None:
         # joblib's convention; 0 means nothing to it and would fail deep inside Parallel.
         if self.jobs == 0:
             raise UserError("--jobs: 0 workers; use -1 for all cores, or 1 or more")
+        check_backend(self.backend, self.scheduler)
 
 
 def _scan_one(rec: Record, num_classes: int) -> tuple[str, tuple[int, ...] | None, dict | None]:
@@ -209,7 +222,29 @@ def _prepare_locked(
 ) -> dict:
     chash = config_hash(config)
     old = check_output_dir(out, chash, overwrite, config)
+    # Before the mask scan, which can take minutes: a cluster that cannot do the work
+    # (no scheduler, a worker without OUT) fails at once.
+    probes = [recs[0].image for recs in (ds.train, ds.val) if recs]
+    if crops.proposals.edge_model:
+        probes.append(Path(crops.proposals.edge_model))
+    with shard_runner(shards.backend, shards.scheduler, shards.jobs, out, probes) as run_shards:
+        return _prepare_checked(
+            ds, out, split, crops, shards, config, chash, old, skip_bad, run_shards
+        )
 
+
+def _prepare_checked(
+    ds: DatasetSplits,
+    out: Path,
+    split: SplitSettings,
+    crops: CropSettings,
+    shards: ShardSettings,
+    config: dict[str, Any],
+    chash: str,
+    old: dict | None,
+    skip_bad: bool,
+    run_shards: RunShards,
+) -> dict:
     # Which training images have which classes decides the strong set (and negatives).
     num_classes = len(ds.classes) - 1
     mask_classes, skipped = scan_mask_classes(
@@ -287,9 +322,7 @@ def _prepare_locked(
     }
     todo = [t for t in tasks if t.path.name not in done]
     write_manifest(out, manifest)
-    results = Parallel(n_jobs=shards.jobs, return_as="generator_unordered")(
-        delayed(build_shard)(t) for t in todo
-    )
+    results = run_shards(todo)
     # The context manager ends the bar's line even when a task fails, so the error
     # message that follows starts on a line of its own.
     total = sum(len(t.records) for t in todo)
