@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -65,6 +66,10 @@ def test_option_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         ("evl",): "error: ddn: No such command 'evl'. Did you mean 'eval'?",
         ("prepare", str(tmp_path / "p"), "--dataset", "voc", "--root", str(tmp_path),
          "--jobs", "0"): "error: --jobs: 0 workers",
+        ("prepare", str(tmp_path / "p"), "--dataset", "voc", "--root", str(tmp_path),
+         "--scheduler", "tcp://h:8786"): "error: --scheduler: only with --backend dask",
+        ("prepare", str(tmp_path / "p"), "--dataset", "voc", "--root", str(tmp_path),
+         "--backend", "dask"): "error: --backend dask: needs --scheduler ADDRESS",
     }  # fmt: skip
     for args, expected in cases.items():
         r = CliRunner().invoke(cli, list(args), prog_name="ddn")
@@ -72,3 +77,13 @@ def test_option_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         assert r.exit_code == 2 and len(lines) == 1 and expected in lines[0], (args, r.output)
         assert lines[0].startswith("error: ")
     assert not (tmp_path / "p").exists()  # nothing written on a mistake
+
+
+def test_backend_dask_without_dask_says_how_to_install_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    args = ["prepare", str(tmp_path / "p"), "--dataset", "voc", "--root", str(tmp_path),
+            "--backend", "dask", "--scheduler", "tcp://h:8786"]  # fmt: skip
+    r = CliRunner().invoke(cli, args, prog_name="ddn")
+    assert r.exit_code == 2
+    assert r.output == "error: --backend dask: Dask is not installed; pip install 'ddn[dask]'\n"
+    assert not (tmp_path / "p").exists()
