@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,12 +143,15 @@ def write_shard(
     """Write a shard under a temporary name, fsync, rename; return its manifest entry.
 
     A reader or a resumed run never sees a partial file: until the rename the only
-    file on disk is ``.<name>.tmp``, which both ignore and a new run removes.
+    file on disk is ``.<name>.<random>.tmp``, which both ignore and a new run removes.
     """
     assert kind in KINDS
     num_classes = len(classes) - 1
     labels = np.array(images.labels, np.uint8).reshape(-1, num_classes)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A name of its own per writer: a task of an interrupted Dask run may still be writing
+    # this shard on its worker (Dask cannot stop a running task) while the re-run builds
+    # it again; each then renames a whole file, and both hold the same bytes.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION

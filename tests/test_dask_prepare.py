@@ -10,17 +10,23 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed")
 
 from pipeline import cluster as cluster_module  # noqa: E402
+from pipeline import shards  # noqa: E402
 from pipeline.build import CropSettings, ShardTask  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.proposals import ProposalConfig  # noqa: E402
 from pipeline.records import Record  # noqa: E402
+from pipeline.shards import ShardImages  # noqa: E402
 from tests.test_prepare import shard_content  # noqa: E402
 from tests.test_prepare_bad_input import assert_one_line_error, break_image, invoke  # noqa: E402
 
@@ -181,3 +187,28 @@ def test_tasks_travel_with_absolute_paths(tmp_path, monkeypatch):
     assert moved.records[0].mask == tmp_path / "masks/a.png"
     assert moved.crops.proposals.edge_model == str(tmp_path / "model.yml.gz")
     assert task.out == Path("out")  # the driver's task is left as it was
+
+
+def test_two_writers_of_one_shard_both_leave_it_whole(tmp_path, monkeypatch):
+    """A task of an interrupted cluster run goes on writing on its worker (Dask cannot stop
+    a running task) while the re-run builds the same shard: neither may break the other."""
+    images = ShardImages(["a"], [b"not decoded here"], [(2, 2)], [np.array([1], np.uint8)])
+    path = tmp_path / "weak-00000.h5"
+    real, inside, release = shards.content_digest, threading.Event(), threading.Event()
+
+    def held_open(f):  # the stale writer stops with its file open and half done
+        if threading.current_thread() is not threading.main_thread():
+            inside.set()
+            release.wait(30)
+        return real(f)
+
+    monkeypatch.setattr(shards, "content_digest", held_open)
+    write = partial(shards.write_shard, path, "weak", 0, ["background", "x"], "hash", images)
+    with ThreadPoolExecutor(1) as pool:
+        stale = pool.submit(write)
+        assert inside.wait(30)
+        fresh = write()
+        release.set()
+        assert stale.result() == fresh  # the same bytes, whichever rename came last
+    assert fresh["sha256"] == shards.sha256_file(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
