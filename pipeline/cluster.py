@@ -201,10 +201,18 @@ def _absolute(record: Record) -> Record:
 
 def _run_on_cluster(client: Client, todo: list[ShardTask]) -> Iterator[ShardResult]:
     from distributed import KilledWorker
+    from joblib._dask import DaskDistributedBackend  # what parallel_config("dask") makes
+
+    class ClusterOnly(DaskDistributedBackend):
+        # joblib runs a call whose backend reports one worker in the calling process: on a
+        # cluster of one single-threaded worker, the tasks would run in the driver, which
+        # need not have the cores, and the run would only look distributed.
+        def effective_n_jobs(self, n_jobs: int) -> int:
+            return max(2, super().effective_n_jobs(n_jobs))
 
     # The backend is bound when Parallel is made, so the config need not stay active
     # while the driver consumes the results (and writes the manifest).
-    with parallel_config(backend="dask", client=client):
+    with parallel_config(backend=ClusterOnly(client=client)):
         parallel = Parallel(n_jobs=-1, return_as="generator_unordered")
     try:
         yield from parallel(delayed(build_shard)(portable(t)) for t in todo)

@@ -20,8 +20,8 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from pipeline import build, shards  # noqa: E402
 from pipeline import cluster as cluster_module  # noqa: E402
-from pipeline import shards  # noqa: E402
 from pipeline.build import CropSettings, ShardTask  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.proposals import ProposalConfig  # noqa: E402
@@ -212,3 +212,17 @@ def test_two_writers_of_one_shard_both_leave_it_whole(tmp_path, monkeypatch):
         assert stale.result() == fresh  # the same bytes, whichever rename came last
     assert fresh["sha256"] == shards.sha256_file(path)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_one_single_threaded_worker_still_builds_on_the_cluster(synth_root, tmp_path, monkeypatch):
+    # joblib runs a call in the calling process when its backend reports one worker;
+    # here the driver's own shard builder fails, so a task run there would show.
+    def not_here() -> None:
+        raise RuntimeError("a shard task ran in the driver")
+
+    monkeypatch.setattr(build, "set_single_thread", not_here)
+    with distributed.LocalCluster(
+        n_workers=1, processes=True, threads_per_worker=1, dashboard_address=":0"
+    ) as one:
+        r = invoke(synth_root, tmp_path / "prep", *on_cluster(one))
+    assert r.exit_code == 0, r.output
