@@ -5,8 +5,10 @@
 
 The same synthetic set (320 px, every image strong, EdgeBoxes, N_p = 200) goes into a
 fresh directory per run. A cluster run's time counts connecting and the worker check, not
-starting the cluster (printed apart). Last line: JSON summary; exit 1 only when a cluster
-run's shards differ from the local ones (sha256 per shard), not for speed.
+starting the cluster (printed apart). "task s" sums the shard tasks' own times: about the
+same in every run on an idle machine, it grows when the runs share the cores with other
+work. Last line: JSON summary; exit 1 only when a cluster run's shards differ from the
+local ones (sha256 per shard), not for speed.
 """
 
 from __future__ import annotations
@@ -41,15 +43,19 @@ def main() -> int:
         generate(tmp / "synth", images=args.images, classes=5, size=320, seed=0, val_fraction=0)
         ds = load_dataset("voc", root=tmp / "synth")
 
-        def run(name: str, **settings) -> tuple[float, list[dict]]:
+        def run(name: str, **settings) -> tuple[float, float, list[dict]]:
+            """Wall seconds, seconds inside the shard tasks, the untimed manifest entries."""
             shards = ShardSettings(strong_shard_size=args.strong_shard_size, **settings)
             crops = CropSettings(ProposalConfig(method="edgebox"))
             t = time.perf_counter()
             manifest = prepare(ds, tmp / name, SplitSettings(strong_per_class=None), crops, shards)
             seconds = time.perf_counter() - t
-            return seconds, [
-                {k: v for k, v in e.items() if k not in TIMED} for e in manifest["shards"]
-            ]
+            in_tasks = sum(e["seconds"] for e in manifest["shards"])
+            return (
+                seconds,
+                in_tasks,
+                [{k: v for k, v in e.items() if k not in TIMED} for e in manifest["shards"]],
+            )
 
         results, startup = {}, {}
         for jobs in (1, 2):
@@ -65,21 +71,22 @@ def main() -> int:
                 results[name] = run(
                     f"dask{workers}", jobs=1, backend="dask", scheduler=cluster.scheduler_address
                 )
-    reference = results["--jobs 1"][1]
+    reference = results["--jobs 1"][2]
     shards = len(reference)
     strong = sum(e["images"] for e in reference if e["kind"] == "strong")
     print(f"{strong} strong images (of {args.images}) in {shards} shards, synthetic 320 px")
-    print(f"{'run':<16} {'seconds':>8} {'shards/s':>9} {'strong/s':>9}  same shards")
+    print(f"{'run':<16} {'seconds':>8} {'shards/s':>9} {'strong/s':>9} {'task s':>7}  same shards")
     summary: dict = {"images": args.images, "strong": strong, "shards": shards, "runs": {}}
-    for name, (seconds, entries) in results.items():
+    for name, (seconds, in_tasks, entries) in results.items():
         same = entries == reference
         print(
-            f"{name:<16} {seconds:8.1f} {shards / seconds:9.2f} {strong / seconds:9.2f}  "
-            f"{'yes' if same else 'NO'}"
+            f"{name:<16} {seconds:8.1f} {shards / seconds:9.2f} {strong / seconds:9.2f} "
+            f"{in_tasks:7.1f}  {'yes' if same else 'NO'}"
         )
         summary["runs"][name] = {
             "seconds": round(seconds, 2),
             "shards_per_s": round(shards / seconds, 3),
+            "task_seconds": round(in_tasks, 2),
             "same_shards": same,
         }
     for name, seconds in startup.items():
