@@ -30,6 +30,11 @@ naive loader costs the same per example whatever the order, so --naive-examples 
 suffices; both are timed in --rounds interleaved slices, so that a load change on a
 shared machine hits both alike. CPU-time figures (less sensitive to other processes'
 preemption) are printed beside the wall-clock ones; the pass/fail uses wall clock.
+Both loaders slow down with the machine's load, CropDataset (memory-bound) more than the
+naive one (decode-bound): on this 2-core machine the ratio moved between ~4.7x and
+~5.5x with other jobs' load alone. So past --compare-images (20) images, a set that
+small (every source cached) is timed in the same rounds too: what the size itself
+costs per example, whatever the load.
 
 With --workers N (default 2; 0 skips it), CropDataset also runs through train-seg's
 DataLoader (`benchmarks._loader_workers`) over the same number of examples, and each
@@ -125,6 +130,67 @@ def workers_part(args: argparse.Namespace, prepared: Path, examples: int) -> dic
             "worker_private_gib": round(private, 2)}  # fmt: skip
 
 
+def small_set(args: argparse.Namespace, tmp: Path, n: int) -> tuple[CropDataset, np.ndarray]:
+    """A --compare-images set whose sources all fit the cache, and ``n`` // 4 examples of
+    its shuffled epochs: timed in the same rounds, it is what this size costs per example
+    over one that never leaves the cache, under the same load."""
+    small = tmp / "compare"
+    small.mkdir()
+    build_prepared(small, args.source, args.compare_images, args.crops_per_image, args.seed,
+                   args.distinct)  # fmt: skip
+    reader = CropDataset(small, seed=args.seed)
+    return reader, np.resize(np.random.default_rng(args.seed).permutation(len(reader)), n // 4)
+
+
+def single_core_part(args: argparse.Namespace, prepared: Path, tmp: Path) -> tuple[dict, int]:
+    """CropDataset vs the naive loader on one core, printed; the summary entries and the
+    number of CropDataset examples timed."""
+    ours = CropDataset(prepared, seed=args.seed)
+    order, default_n, how = crop_order_of(ours, args.order, args.seed)
+    n = args.examples or default_n
+    naive_order = order[: args.naive_examples]
+    (tmp / "files").mkdir()
+    naive = naive_dataset(prepared, tmp / "files", naive_order, args.seed)
+    i = int(naive_order[0])
+    shapes = {k: (v.shape, v.dtype) for k, v in ours[i].items() if torch.is_tensor(v)}
+    assert shapes == {k: (v.shape, v.dtype) for k, v in naive[i].items() if torch.is_tensor(v)}
+    ours = CropDataset(prepared, seed=args.seed)  # cold cache again
+    images = sum(len(ours.shards.file(s)["image_ids"]) for s in range(len(ours.shards.files)))
+    datasets, orders = [ours, naive], [np.resize(order, n), naive_order]
+    if 0 < args.compare_images < images:
+        reader, small_order = small_set(args, tmp, n)
+        datasets.append(reader)
+        orders.append(small_order)
+    print(f"{images} images, {len(ours)} crops in {how} order; one core; timing "
+          f"{n} examples against {len(naive_order)} naive ones", flush=True)  # fmt: skip
+    rates = throughput(datasets, orders, args.rounds)
+    (ours_eps, ours_cpu), (naive_eps, naive_cpu) = rates[:2]
+    cache = ours.image_cache
+    print(f"CropDataset: {ours_eps:8.1f} examples/s ({ours_cpu:.1f} per CPU second) over "
+          f"{n} examples (image cache: {cache.misses} decodes, {cache.hits} hits, "
+          f"{cache.bytes / 2**20:.0f} MiB)")  # fmt: skip
+    print(f"naive:       {naive_eps:8.1f} examples/s ({naive_cpu:.1f} per CPU second) over "
+          f"{len(naive_order)} examples (PIL decodes JPEG and PNG per example)")  # fmt: skip
+    ratio, cpu_ratio = ours_eps / naive_eps, ours_cpu / naive_cpu
+    summary = {"images": images, "crops": len(ours), "order": how, "examples": n,
+               "crop_dataset_eps": round(ours_eps, 1), "naive_eps": round(naive_eps, 1),
+               "ratio": round(ratio, 2), "cpu_ratio": round(cpu_ratio, 2),
+               "decodes": cache.misses, "hits": cache.hits}  # fmt: skip
+    if len(rates) > 2:
+        small_eps = rates[2][0]
+        print(f"CropDataset at {args.compare_images} images (all cached), same rounds: "
+              f"{small_eps:.1f} examples/s, {small_eps / naive_eps:.2f}x naive; "
+              f"{images} images cost {1 - ours_eps / small_eps:.1%} more per example")  # fmt: skip
+        summary["compare_ratio"] = round(small_eps / naive_eps, 2)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
+    print(f"peak resident memory of this process (the loaders, one reader's cache each): "
+          f"{rss:.2f} GiB")  # fmt: skip
+    ok = ratio >= args.target
+    print(f"speed-up {ratio:.2f}x (CPU time: {cpu_ratio:.2f}x; target {args.target}x): "
+          f"{'pass' if ok else 'FAIL'}")  # fmt: skip
+    return {**summary, "target": args.target, "pass_ratio": ok, "peak_rss_gib": round(rss, 2)}, n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, help="an existing prepared directory")
@@ -136,6 +202,8 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=0,
                     help="CropDataset examples to time (default: see the doc)")  # fmt: skip
     ap.add_argument("--naive-examples", type=int, default=1600)
+    ap.add_argument("--compare-images", type=int, default=20,
+                    help="also time a set this small in the same rounds; 0: skip")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=64, help="interleaved timing slices")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=float, default=5.0)
@@ -160,41 +228,9 @@ def main() -> int:
             build_s = time.perf_counter() - t
             print(f"built {prepared} from {args.images} {args.source} images "
                   f"({min(args.images, args.distinct)} distinct) in {build_s:.1f} s")  # fmt: skip
-        ours = CropDataset(prepared, seed=args.seed)
-        order, default_n, how = crop_order_of(ours, args.order, args.seed)
-        n = args.examples or default_n
-        naive_order = order[: args.naive_examples]
-        (Path(tmp) / "files").mkdir()
-        naive = naive_dataset(prepared, Path(tmp) / "files", naive_order, args.seed)
-        i = int(naive_order[0])
-        shapes = {k: (v.shape, v.dtype) for k, v in ours[i].items() if torch.is_tensor(v)}
-        assert shapes == {k: (v.shape, v.dtype) for k, v in naive[i].items() if torch.is_tensor(v)}
-        ours = CropDataset(prepared, seed=args.seed)  # cold cache again
-        images = sum(len(ours.shards.file(s)["image_ids"]) for s in range(len(ours.shards.files)))
-        print(f"{images} images, {len(ours)} crops in {how} order; one core; timing "
-              f"{n} examples against {len(naive_order)} naive ones", flush=True)  # fmt: skip
-        (ours_eps, ours_cpu), (naive_eps, naive_cpu) = throughput(
-            [ours, naive], [np.resize(order, n), naive_order], args.rounds
-        )
-        cache = ours.image_cache
-        print(f"CropDataset: {ours_eps:8.1f} examples/s ({ours_cpu:.1f} per CPU second) over "
-              f"{n} examples (image cache: {cache.misses} decodes, {cache.hits} hits, "
-              f"{cache.bytes / 2**20:.0f} MiB)")  # fmt: skip
-        print(f"naive:       {naive_eps:8.1f} examples/s ({naive_cpu:.1f} per CPU second) over "
-              f"{len(naive_order)} examples (PIL decodes JPEG and PNG per example)")  # fmt: skip
-        ratio, cpu_ratio = ours_eps / naive_eps, ours_cpu / naive_cpu
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-        print(f"peak resident memory of this process (both loaders, one reader's cache): "
-              f"{rss:.2f} GiB")  # fmt: skip
-        ok = ratio >= args.target
-        print(f"speed-up {ratio:.2f}x (CPU time: {cpu_ratio:.2f}x; target {args.target}x): "
-              f"{'pass' if ok else 'FAIL'}")  # fmt: skip
-        summary = {"images": images, "crops": len(ours), "order": how, "examples": n,
-                   "crop_dataset_eps": round(ours_eps, 1), "naive_eps": round(naive_eps, 1),
-                   "ratio": round(ratio, 2), "cpu_ratio": round(cpu_ratio, 2),
-                   "target": args.target, "decodes": cache.misses, "hits": cache.hits,
-                   "build_s": round(build_s, 1), "peak_rss_gib": round(rss, 2)}  # fmt: skip
-        del ours, naive
+        summary, n = single_core_part(args, prepared, Path(tmp))
+        summary["build_s"] = round(build_s, 1)
+        ok = summary["pass_ratio"]
         if args.workers:
             summary.update(workers_part(args, prepared, n))
             ok = ok and summary["worker_rss_pass"]
