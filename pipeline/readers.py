@@ -37,7 +37,12 @@ from pipeline.shard_set import ByteLRU, ShardSet
 from pipeline.shards import subset_classes
 from pipeline.training_crop import CLASS_LUT, crop_image_chw, crop_target
 
-IMAGE_CACHE_BYTES = 512 << 20
+# Per worker. A forked DataLoader worker's resident memory is this plus ~0.35 GiB it
+# shares with its parent (torch, the crop tables) plus allocator slack: 0.83 GiB at
+# 10,000 strong images (benchmarks/bench_loader.py), under the 1 GiB a worker may take;
+# 512 MiB came to ~1.0 GiB. Past the cache, train-seg's windowed order decodes each
+# source once per window whatever the budget: a smaller one only narrows the windows.
+IMAGE_CACHE_BYTES = 384 << 20
 SOURCES = ("weak", "strong", "val")
 CROP_TARGETS = ("binary", "classes")  # CropDataset: figure/ground of P, or class labels
 
@@ -158,10 +163,12 @@ class CropDataset(_ShardDataset):
     itself: class k is k, 0 background, 255 ignore, whatever P is.
 
     Each worker decodes a source image once and keeps it in an LRU cache of
-    ``cache_bytes`` (RGBA image + label map, ~0.9 MB for 500x375): the ~200 crops of an
-    image then cost a warp each, not a decode. With a shuffled crop table the hit rate
-    is about cache size / strong set size: give it room for the whole strong set where
-    memory allows (VOC 5-25 per class: 100-500 images, 0.1-0.5 GB per worker).
+    ``cache_bytes`` (RGBA image + label map, ~0.9 MB for 500x375; the default 384 MiB
+    holds ~420 such images): the ~200 crops of an image then cost a warp each, not a
+    decode. With a shuffled crop table the hit rate is about cache size / strong set
+    size, which is why train-seg windows its crop order by source image when the set
+    outgrows the cache (`ddn.train.strong.crop_order`): then nearly every crop is a hit
+    whatever the set size.
     """
 
     def __init__(
@@ -203,7 +210,10 @@ class CropDataset(_ShardDataset):
     def crop_params(self, index: int) -> tuple[int, int, bool]:
         """(top, left, flip) of example ``index`` in the current epoch."""
         rng = example_rng(self.seed, self.epoch, self._index(index))
-        top, left = (int(v) for v in rng.integers(0, self.warp_size - self.crop_size + 1, 2))
+        # Two scalar draws give the numbers one draw of size 2 gives (the 32-bit buffer
+        # lives in the bit generator) at a fifth of its cost: ~30 us, 3% of an example.
+        top = int(rng.integers(0, self.warp_size - self.crop_size + 1))
+        left = int(rng.integers(0, self.warp_size - self.crop_size + 1))
         flip = bool(rng.random() < 0.5)  # drawn even when flip is off: same crops either way
         return top, left, flip and self.flip
 

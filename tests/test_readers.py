@@ -262,6 +262,17 @@ def test_randomness_is_reproducible_per_seed_epoch_index(prep):
         b[n]
 
 
+def test_crop_params_are_the_seeded_generators_first_draws(prep):
+    # The crops of runs written before a change of how they are drawn stay the same.
+    ds = CropDataset(prep.root, seed=5)
+    for epoch in (0, 9):
+        ds.set_epoch(epoch)
+        for index in range(len(ds)):
+            rng = np.random.default_rng((5, epoch, index))
+            top, left = rng.integers(0, 31, 2).tolist()
+            assert ds.crop_params(index) == (top, left, bool(rng.random() < 0.5))
+
+
 def test_dataloader_fork_workers_match_single_process(prep):
     ds = CropDataset(prep.root, warp_size=60, crop_size=48, seed=2)
     ds.set_epoch(3)

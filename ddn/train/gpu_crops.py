@@ -30,7 +30,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
 
 from pipeline.cropping import IGNORE
 from pipeline.readers import CropDataset
@@ -121,6 +120,11 @@ class DeviceCrops:
             else:
                 luts[b, subset] = 1
             subsets[b, [k - 1 for k in subset]] = 1
+
+        # Imported here: torchvision costs every process that imports it ~90 MB of its own
+        # memory plus ~80 MB of libraries, and train-seg's DataLoader workers fork from
+        # a process that imports this module but, on the CPU crop path, never cuts here.
+        from torchvision.ops import roi_align
 
         dev = self.device
         unique, inverse = np.unique(src, return_inverse=True)
