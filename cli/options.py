@@ -148,7 +148,7 @@ def training_options(config: type, beside_device: tuple[Decorator, ...] = ()) ->
     help are the fields of `config`, the trainer's settings dataclass (a `TrainerConfig`).
 
     `beside_device` are a trainer's own options that belong right after --device
-    (train-seg's --crop-path, which picks where the work runs).
+    (train-seg's --crop-path and its --device-crops-budget, which pick where the work runs).
     """
     return stack(
         setting_option(config, "device", type=click.Choice(["auto", "cpu", "cuda"])),

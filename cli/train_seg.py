@@ -85,6 +85,7 @@ def _baseline(name: str) -> str:
     SegConfig,
     beside_device=(
         setting_option(SegConfig, "crop_path", type=click.Choice(["auto", "gpu", "cpu"])),
+        setting_option(SegConfig, "device_crops_budget", type=float, metavar="FRACTION"),
     ),
 )
 def command(**options) -> None:

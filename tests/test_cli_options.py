@@ -39,10 +39,12 @@ def test_trainers_share_training_options_but_keep_their_help() -> None:
     assert _info("train-cls", "seed")["help"].endswith("the augmentation.")
     assert _info("train-seg", "seed")["help"].endswith("the crops.")
     assert _info("train-seg", "compile_")["help"] == "torch.compile the networks."
-    # --crop-path stays next to --device, where train-seg's help has always listed it
+    # --crop-path stays next to --device, where train-seg's help has always listed it, and
+    # its budget next to it
     names = [p.name for p in cli.commands["train-seg"].params]
     assert names.index("crop_path") == names.index("device") + 1
-    assert names.index("workers") == names.index("crop_path") + 1
+    assert names.index("device_crops_budget") == names.index("crop_path") + 1
+    assert names.index("workers") == names.index("device_crops_budget") + 1
 
 
 def test_help_lists_shared_options_in_place() -> None:

@@ -132,6 +132,12 @@ class StrongConfig(TrainerConfig):
     crop_path: str = setting(
         "auto", help="gpu: crops cut on the device (auto on CUDA); cpu: DataLoader workers."
     )
+    device_crops_budget: float = setting(
+        0.25,
+        help="--crop-path auto: the strong set's sources go on the device only while they "
+        "take at most this fraction of its free memory (0 < f <= 1); beyond it, DataLoader "
+        "workers cut the crops.",
+    )
 
 
 # The help of SegConfig's and DeconvConfig's own fields is in pieces: train-seg's one

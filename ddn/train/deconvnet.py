@@ -27,6 +27,7 @@ from ddn.models import normalize
 from ddn.models.deconvnet import KIND, DeconvNet
 from ddn.train import loop, start
 from ddn.train.config import DeconvConfig
+from ddn.train.crop_path import check_crop_settings
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run_files import save_model
 from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
@@ -95,6 +96,7 @@ def _inputs(batch: dict[str, Tensor], device: torch.device, fmt) -> tuple[Tensor
 
 
 def _check(cfg: DeconvConfig) -> None:
+    check_crop_settings(cfg.crop_path, cfg.device_crops_budget)
     if cfg.batch < 1 or (cfg.accum is not None and cfg.accum < 1):
         raise UserError("--batch and --accum must be at least 1")
     if cfg.iters is not None and cfg.iters < 1:

@@ -140,6 +140,13 @@ def check_finite(loss: float, step: int, run: Path, latest: Path | None) -> None
 PLAIN_LINE_S = 60.0  # in a log, a progress line at least about this often (tests shrink it)
 
 
+def log(info: DistInfo, line: str) -> None:
+    """One line of a trainer's log: rank 0 only, on stderr with its progress lines (stdout
+    is the command's result: where the model was saved)."""
+    if info.is_main:
+        print(line, file=sys.stderr, flush=True)
+
+
 def print_plan(
     info: DistInfo,
     trainer: str,
@@ -157,8 +164,6 @@ def print_plan(
     The effective batch is spelled out as train-seg's is not ``--batch`` (it accumulates
     to the reference's 64). ``accum`` None: a trainer that never accumulates (train-cls).
     """
-    if not info.is_main:
-        return
     n = info.world_size
     parts = [f"batch {batch}", *([f"accum {accum}"] if accum is not None else [])]
     parts.append(f"{n} process" if n == 1 else f"{n} processes")
@@ -169,7 +174,7 @@ def print_plan(
     )
     if start:
         line += f"; resuming after step {start}"
-    print(line, file=sys.stderr, flush=True)
+    log(info, line)
 
 
 class Progress:

@@ -60,6 +60,7 @@ RUNTIME_KEYS = frozenset(
         "tensorboard",
         "val_every",
         "crop_path",
+        "device_crops_budget",
         "out",
         "wait",
     }

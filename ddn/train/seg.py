@@ -22,6 +22,7 @@ from ddn.model_file import state_dict_mismatch
 from ddn.models import Classifier, DecoupledSegmenter, normalize, saliency
 from ddn.train import loop, start
 from ddn.train.config import SegConfig
+from ddn.train.crop_path import check_crop_settings
 from ddn.train.distributed import DistInfo, barrier
 from ddn.train.run_files import load_checkpoint, load_model, save_model
 from ddn.train.strong import WARP_RATIO, strong_schedule, train_on_strong_crops
@@ -146,6 +147,7 @@ def _load_weights(model: DecoupledSegmenter, weights: str) -> None:
 
 
 def _check(cfg: SegConfig, classifier: Classifier) -> None:
+    check_crop_settings(cfg.crop_path, cfg.device_crops_budget)
     if cfg.batch < 1 or (cfg.accum is not None and cfg.accum < 1):
         raise UserError("--batch and --accum must be at least 1")
     if cfg.iters is not None and cfg.iters < 1:

@@ -15,13 +15,14 @@ reference's plain loss. The DeconvNet baseline gets the same weight on every obj
 class, measured the same way.
 
 Crops come from `CropDataset` through a DataLoader, or on CUDA from `DeviceCrops` (the
-whole strong set on the device, crops cut with roi_align): ``crop_path`` auto | gpu | cpu.
+whole strong set on the device, crops cut with roi_align) while it fits a share of the free
+device memory: ``crop_path`` auto | gpu | cpu and ``device_crops_budget``
+(`ddn.train.crop_path`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddn.train import checkpoint, loop, start
+from ddn.train import checkpoint, crop_path, loop, start
 from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.config import StrongConfig
 from ddn.train.distributed import DistInfo, StepBatchSampler, all_reduce_mean
@@ -40,14 +41,12 @@ from ddn.train.gpu_crops import DeviceCrops
 from ddn.train.schedule import segmenter_schedule
 from ddn.train.tensorboard import open_board
 from pipeline.cropping import IGNORE
-from pipeline.errors import UserError
 from pipeline.manifest import read_manifest
 from pipeline.readers import CropDataset
 
 EFFECTIVE_BATCH = 64  # the reference's 4 x 16
 WARP_RATIO = 350 / 320  # the reference warps boxes to 350 and crops 320
 FG_SAMPLES = 256  # training crops drawn to measure the foreground share (fg_weight "auto")
-DEVICE_CROPS_MAX_SHARE = 0.25  # auto: the strong set may take this share of free GPU memory
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -212,7 +211,7 @@ def train_on_strong_crops(
         unit="crops", examples=n, schedule=decay, start=step,
     )  # fmt: skip
     train_model = loop.wrap_for_training(model, info, device, cfg.compile)
-    device_crops = _device_crops(cfg.crop_path, train_set, device)
+    device_crops = crop_path.device_crops(cfg, train_set, device, info)
     groups, window = crop_order(train_set, info)
     sampler = StepBatchSampler(
         n, cfg.batch, plan.accum, plan.iters, step, cfg.seed, info, groups=groups, window=window
@@ -267,13 +266,12 @@ def crop_order(dataset: CropDataset, info: DistInfo) -> tuple[np.ndarray | None,
     groups = dataset.source_images()
     images = int(groups.max()) + 1 if len(groups) else 1
     window = max(1, int(cache / 2 / (need / images)))
-    if info.is_main:
-        print(
-            f"strong crops: the {images} source images need {need / 2**20:.0f} MiB decoded, "
-            f"more than a reader's cache ({cache / 2**20:.0f} MiB): crops are shuffled "
-            f"within windows of {window} images",
-            flush=True,
-        )
+    loop.log(
+        info,
+        f"strong crops: the {images} source images need {need / 2**20:.0f} MiB decoded, "
+        f"more than a reader's cache ({cache / 2**20:.0f} MiB): crops are shuffled "
+        f"within windows of {window} images",
+    )
     return groups, window
 
 
@@ -287,20 +285,3 @@ def _batches(
     if device_crops is not None:
         return (device_crops.batch(keys) for keys in sampler)
     return iter(loop.make_loader(dataset, sampler, workers, device))
-
-
-def _device_crops(crop_path: str, dataset: CropDataset, device: torch.device) -> DeviceCrops | None:
-    if crop_path not in ("auto", "gpu", "cpu"):
-        raise UserError(f"--crop-path: expected auto, gpu or cpu, got {crop_path!r}")
-    if crop_path == "cpu" or (crop_path == "auto" and device.type != "cuda"):
-        return None
-    if crop_path == "auto":
-        need, free = DeviceCrops.bytes_needed(dataset), torch.cuda.mem_get_info(device)[0]
-        if need > DEVICE_CROPS_MAX_SHARE * free:
-            warnings.warn(
-                f"strong set needs {need / 2**30:.1f} GiB on the GPU ({free / 2**30:.1f} GiB "
-                "free): using the CPU DataLoader crop path",
-                stacklevel=2,
-            )
-            return None
-    return DeviceCrops(dataset, device)
