@@ -40,8 +40,9 @@ from pipeline.training_crop import CLASS_LUT, crop_image_chw, crop_target
 # Per worker. A forked DataLoader worker's resident memory is this plus ~0.35 GiB it
 # shares with its parent (torch, the crop tables) plus allocator slack: 0.83 GiB at
 # 10,000 strong images (benchmarks/bench_loader.py), under the 1 GiB a worker may take;
-# 512 MiB came to ~1.0 GiB. Past the cache, train-seg's windowed order decodes each
-# source once per window whatever the budget: a smaller one only narrows the windows.
+# 512 MiB measured 0.95 GiB at 2,000. Past the cache, train-seg's windowed order
+# decodes each source once per window whatever the budget: a smaller one only narrows
+# the windows.
 IMAGE_CACHE_BYTES = 384 << 20
 SOURCES = ("weak", "strong", "val")
 CROP_TARGETS = ("binary", "classes")  # CropDataset: figure/ground of P, or class labels
