@@ -45,8 +45,8 @@ def test_auto_keeps_the_sources_on_the_device_only_within_the_budget():
     assert not over.on_device
     assert over.line == (
         "crop path: DataLoader crops (--crop-path auto): the sources take 12 GiB, over the "
-        "budget of 10 GiB (--device-crops-budget 0.25 x 40 GiB free); DataLoader workers "
-        "cut them instead"
+        "budget of 10 GiB (--device-crops-budget 0.25 x 40 GiB free); the DataLoader cuts "
+        "them instead"
     )
     assert plan_crop_path("auto", 12 * GIB, 40 * GIB, 0.5).on_device  # a larger budget
     assert plan_crop_path("auto", 10 * GIB, 40 * GIB, 0.25).on_device  # exactly the budget
@@ -67,7 +67,7 @@ def test_cpu_and_devices_without_a_memory_figure():
     auto = plan_crop_path("auto", GIB, None, 0.25)  # e.g. --device cpu
     assert not auto.on_device and "only on CUDA" in auto.line
     forced = plan_crop_path("gpu", GIB, None, 0.25)  # the tests' CPU-tensor device crops
-    assert forced.on_device and "no free memory to budget" in forced.line
+    assert forced.on_device and "reports no free memory" in forced.line
 
 
 @pytest.mark.parametrize("budget", [0, -0.5, 1.5, float("nan"), float("inf")])

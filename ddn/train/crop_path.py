@@ -70,28 +70,30 @@ def plan_crop_path(
     none, i.e. not CUDA; ``gpu`` then cuts on it without a budget, as the tests do on the
     CPU)."""
     check_crop_settings(crop_path, budget)
-    head = f"crop path: {{}} (--crop-path {crop_path})"
+
+    def plan(on_device: bool, why: str = "") -> CropPathPlan:
+        where = "on the device" if on_device else "DataLoader crops"
+        line = f"crop path: {where} (--crop-path {crop_path})"
+        return CropPathPlan(on_device, f"{line}: {why}" if why else line)
+
     if crop_path == "cpu":
-        return CropPathPlan(False, head.format("DataLoader crops"))
+        return plan(False)
     if free_bytes is None:
         if crop_path == "auto":
-            why = "auto cuts on the device only on CUDA"
-            return CropPathPlan(False, f"{head.format('DataLoader crops')}: {why}")
-        why = f"the sources take {_gib(need_bytes)}; this device reports no free memory to budget"
-        return CropPathPlan(True, f"{head.format('on the device')}: {why}")
+            return plan(False, "auto cuts on the device only on CUDA")
+        return plan(True, f"the sources take {_gib(need_bytes)}; the device reports no free memory")
     allowed = budget * free_bytes
     fits = need_bytes <= allowed
     on_device = fits or crop_path == "gpu"  # gpu: tried even over the budget, as always
-    versus = (
+    why = (
         f"the sources take {_gib(need_bytes)}, {'within' if fits else 'over'} the budget of "
         f"{_gib(allowed)} (--device-crops-budget {budget:g} x {_gib(free_bytes)} free)"
     )
     if on_device and not fits:
-        versus += "; it may run out of device memory"
+        why += "; it may run out of device memory"
     elif not on_device:
-        versus += "; DataLoader workers cut them instead"
-    where = "on the device" if on_device else "DataLoader crops"
-    return CropPathPlan(on_device, f"{head.format(where)}: {versus}")
+        why += "; the DataLoader cuts them instead"
+    return plan(on_device, why)
 
 
 def free_memory(device: torch.device) -> int | None:
