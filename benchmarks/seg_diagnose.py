@@ -10,6 +10,9 @@ Given a prepared directory and a classifier + segmenter pair, it measures
   of the input, and for the true labels it picked the mean foreground probability on
   the class's own pixels and on the background: does the figure/ground carry over to
   the scale and context of inference?
+- the mIoU `ddn eval` gives, and the mIoU with each val image's true labels given to
+  the segmenter in place of the classifier's pick (``segment(..., labels=)``): how much
+  of the error is the label decision, how much the segmenter.
 
 Prints a JSON object as its last line.
 
@@ -28,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ddn.confusion import ConfusionMatrix  # noqa: E402
 from ddn.inference import segment as segment_images  # noqa: E402
 from ddn.models import normalize  # noqa: E402
 from ddn.train.seg import segment  # noqa: E402
@@ -111,6 +115,28 @@ def inference_fit(models, data: Path, threshold: float) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def true_label_miou(models, data: Path, threshold: float) -> dict[str, float]:
+    """mIoU (in %) with the classifier's picks and with the true labels given."""
+    val = ValDataset(data)
+    picked, given = ConfusionMatrix(len(val.classes)), ConfusionMatrix(len(val.classes))
+    for start in range(0, len(val), 16):
+        items = [val[i] for i in range(start, min(start + 16, len(val)))]
+        images = [it["image"] for it in items]
+        truth = [[int(c) + 1 for c in np.flatnonzero(it["labels"])] for it in items]
+        for cm, labels in ((picked, None), (given, truth)):
+            preds = segment_images(models.classifier, models.segmenter, images, threshold,
+                                   labels=labels)  # fmt: skip
+            for it, p in zip(items, preds, strict=True):
+                cm.update(it["mask"], p.pred)
+    return {
+        "miou_picked_labels": 100 * picked.miou(),
+        "miou_true_labels": 100 * given.miou(),
+        "miou_objects_picked_labels": 100 * picked.miou_objects(),
+        "miou_objects_true_labels": 100 * given.miou_objects(),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -118,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "training_crops": training_fit(models, args.data, args.crops, args.seed),
         "val_inference": inference_fit(models, args.data, args.threshold),
+        "val_miou": true_label_miou(models, args.data, args.threshold),
     }
     for part, values in result.items():
         print(part)

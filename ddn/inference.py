@@ -104,6 +104,19 @@ def pick_labels(probs: Tensor, threshold: float) -> list[list[int]]:
     return [torch.nonzero(row > threshold).flatten().tolist() for row in probs]
 
 
+def given_labels(labels: Sequence[Sequence[int]], images: int, classes: int) -> list[list[int]]:
+    """`segment`'s ``labels`` (classes 1..C per image) as 0-based sorted picks, checked."""
+    if len(labels) != images:
+        raise UserError(f"labels: {len(labels)} lists for {images} images")
+    picked = []
+    for row in labels:
+        wrong = [c for c in row if not 1 <= int(c) <= classes]
+        if wrong:
+            raise UserError(f"labels: class {wrong[0]} is not in 1..{classes}")
+        picked.append(sorted({int(c) - 1 for c in row}))
+    return picked
+
+
 def _segmenter_rows(
     classifier: Classifier,
     segmenter: DecoupledSegmenter,
@@ -144,11 +157,15 @@ def segment(
     threshold: float = 0.5,
     device: torch.device | str | None = None,
     keep_maps: bool = False,
+    labels: Sequence[Sequence[int]] | None = None,
 ) -> list[Prediction]:
     """Segment RGB uint8 HxWx3 `images` (any sizes) in one batch; one Prediction each.
 
     `device` defaults to the classifier's; the modules must already be there and in eval
-    mode. `keep_maps` also returns the foreground, background and bridge maps.
+    mode. `keep_maps` also returns the foreground, background and bridge maps. `labels`
+    (per image, classes 1..C) replaces the classifier's pick when the classes present are
+    known, e.g. image-level labels at test time or measuring the segmenter with the
+    true labels; `threshold` then does not apply.
     """
     if classifier.training or segmenter.training:
         raise ValueError("segment() needs classifier and segmenter in eval mode (.eval())")
@@ -158,7 +175,10 @@ def segment(
     x = network_input(images, classifier.input_size).to(device)
     out = classifier(normalize(x))
     probs = torch.sigmoid(out.logits.float())
-    picked = pick_labels(probs, threshold)
+    if labels is None:
+        picked = pick_labels(probs, threshold)
+    else:
+        picked = given_labels(labels, len(images), classifier.num_classes)
     seg_probs = bridge = None
     if any(picked):
         seg_probs, bridge = _segmenter_rows(classifier, segmenter, out, picked, keep_maps)
@@ -216,13 +236,17 @@ def predict_images(
     images: Sequence[np.ndarray],
     threshold: float = 0.5,
     keep_maps: bool = False,
+    labels: Sequence[Sequence[int]] | None = None,
 ) -> list[Prediction]:
     """`segment` for a classifier + segmenter pair, `segment_deconvnet` for a baseline run
-    (which has no threshold and no maps)."""
+    (which has no threshold, no maps and picks no labels)."""
     check_maps(models, keep_maps)
     if isinstance(models, BaselineModels):
+        if labels is not None:
+            raise UserError("classes: a DeconvNet baseline run picks no labels to replace")
         return segment_deconvnet(models.model, images)
-    return segment(models.classifier, models.segmenter, images, threshold, keep_maps=keep_maps)
+    return segment(models.classifier, models.segmenter, images, threshold, keep_maps=keep_maps,
+                   labels=labels)  # fmt: skip
 
 
 def check_maps(models: Models | BaselineModels, maps: bool) -> None:

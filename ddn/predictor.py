@@ -66,22 +66,54 @@ class Predictor:
         self.baseline = isinstance(models, BaselineModels)
 
     def segment(
-        self, image: Any, *, threshold: float | None = None, maps: bool = False
+        self,
+        image: Any,
+        *,
+        threshold: float | None = None,
+        maps: bool = False,
+        classes: Sequence[str | int] | None = None,
     ) -> Segmentation:
         """Segment one RGB uint8 H x W x 3 image (a numpy array, or anything
-        ``np.asarray`` turns into one, such as a PIL RGB image)."""
-        return self.segment_batch([image], threshold=threshold, maps=maps)[0]
+        ``np.asarray`` turns into one, such as a PIL RGB image).
+
+        ``classes`` (names or label values 1..C): the classes known to be in the image,
+        segmented in place of those the classifier picks (the threshold then does not
+        apply; the probabilities are still the classifier's)."""
+        given = None if classes is None else [classes]
+        return self.segment_batch([image], threshold=threshold, maps=maps, classes=given)[0]
 
     def segment_batch(
-        self, images: Sequence[Any], *, threshold: float | None = None, maps: bool = False
+        self,
+        images: Sequence[Any],
+        *,
+        threshold: float | None = None,
+        maps: bool = False,
+        classes: Sequence[Sequence[str | int]] | None = None,
     ) -> list[Segmentation]:
-        """`segment` for several images (any sizes) in one forward pass each network."""
+        """`segment` for several images (any sizes) in one forward pass each network;
+        ``classes``, when given, has one list per image."""
         if maps and self.baseline:
             raise UserError("maps=True: a DeconvNet baseline run has no foreground maps")
         arrays = [check_rgb(image, f"images[{i}]") for i, image in enumerate(images)]
         t = self.threshold if threshold is None else check_threshold(threshold)
-        preds = predict_images(self.models, arrays, t, keep_maps=maps)
+        labels = None if classes is None else [self._class_ids(row) for row in classes]
+        preds = predict_images(self.models, arrays, t, keep_maps=maps, labels=labels)
         return [self._result(p) for p in preds]
+
+    def _class_ids(self, names: Sequence[str | int]) -> list[int]:
+        """Label values 1..C of class names or values; one line for an unknown one."""
+        if isinstance(names, str):
+            raise UserError(f"classes: a list of classes per image, got the string {names!r}")
+        ids = []
+        for c in names:
+            if isinstance(c, str):
+                if c not in self.class_names[1:]:
+                    known = ", ".join(self.class_names[1:])
+                    raise UserError(f"classes: unknown class {c!r}; this run has {known}")
+                ids.append(self.class_names.index(c))
+            else:
+                ids.append(int(c))  # range-checked by the inference
+        return ids
 
     def _result(self, p: Prediction) -> Segmentation:
         names = tuple(self.class_names[k] for k in p.labels)

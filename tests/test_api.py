@@ -236,6 +236,28 @@ def test_load_segments_as_predict_does(data, tmp_path):
     assert model.segment(images[0], threshold=1.0).classes == ()  # nothing above 1
 
 
+def test_known_classes_replace_the_classifiers_pick(data):
+    model = ddn.load(data["cls"], data["seg"], device="cpu")  # it picks classes 1 and 3
+    image = _rgb(data["voc"] / "JPEGImages" / f"{data['val_ids'][0]}.jpg")
+    picked = model.segment(image)
+    second = data["classes"][2]
+    given = model.segment(image, classes=[second], threshold=1.0)  # by name
+    assert given.classes == (2,) and given.names == (second,)
+    assert set(np.unique(given.labels).tolist()) <= {0, 2} and (given.labels == 2).any()
+    assert np.array_equal(given.probabilities, picked.probabilities)
+    same = model.segment_batch([image, image], classes=[picked.classes, list(picked.names)])
+    for result in same:  # the classifier's own pick, as values or names: its result (up to
+        # float rounding in the batched convolutions, as above)
+        assert result.classes == picked.classes and (result.labels == picked.labels).mean() > 0.999
+    for classes, message in [
+        (["zebra"], "classes: unknown class 'zebra'; this run has"),
+        ([7], "labels: class 7 is not in 1..3"),
+        ("aeroplane", "classes: a list of classes per image, got the string"),
+    ]:
+        with pytest.raises(ddn.UserError, match=message):
+            model.segment(image, classes=classes)
+
+
 def test_segment_and_load_refuse_mistakes(data, tmp_path):
     model = ddn.load(data["cls"], data["seg"], device="cpu")
     image = _rgb(data["voc"] / "JPEGImages" / f"{data['val_ids'][0]}.jpg")
@@ -270,6 +292,8 @@ def test_a_deconvnet_run_alone(data, tmp_path):
     assert set(result.classes) == set(np.unique(result.labels).tolist()) - {0}
     with pytest.raises(ddn.UserError, match="maps=True: a DeconvNet baseline run has no"):
         model.segment(image, maps=True)
+    with pytest.raises(ddn.UserError, match="classes: a DeconvNet baseline run picks no"):
+        model.segment(image, classes=[1])
     metrics = ddn.evaluate(data["prep"], deconv, workers=0, device="cpu")
     r = run("eval", "--data", data["prep"], "--seg", deconv, "--json", "--workers", "0")
     assert metrics == json.loads(r.stdout) and metrics["cls_map"] is None

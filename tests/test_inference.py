@@ -201,3 +201,29 @@ def test_needs_eval_mode_and_rgb_uint8(models):
             segment(cls, seg, images((10, 10)))
     finally:
         seg.eval()
+
+
+def test_given_labels_replace_the_classifiers_pick(models) -> None:
+    cls, seg = models  # the classifier picks classes 1 and 3
+    imgs = images((40, 56), (64, 64))
+    picked = segment(cls, seg, imgs)
+    same = segment(cls, seg, imgs, labels=[[3, 1], [1, 3, 3]])  # any order, repeats
+    for a, b in zip(picked, same, strict=True):
+        assert a.labels == b.labels == [1, 3]
+        np.testing.assert_array_equal(a.pred, b.pred)
+    given = segment(cls, seg, imgs, labels=[[2], []], threshold=1.0)
+    assert [p.labels for p in given] == [[2], []]
+    assert set(np.unique(given[0].pred)) <= {0, 2} and 2 in given[0].pred
+    assert not given[1].pred.any()  # no label: all background, as with no pick
+    np.testing.assert_array_equal(given[0].probs, picked[0].probs)  # still the classifier's
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [([[1]], "labels: 1 lists for 2 images"), ([[1], [4]], "labels: class 4 is not in 1..3"),
+     ([[0], [1]], "labels: class 0 is not in 1..3")],
+)  # fmt: skip
+def test_given_labels_are_checked(models, labels, message) -> None:
+    cls, seg = models
+    with pytest.raises(inference.UserError, match=message):
+        segment(cls, seg, images((32, 32), (32, 32)), labels=labels)
