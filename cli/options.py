@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from ddn.train.config import TrainerConfig
+from pipeline.lock import wait_help
 from pipeline.settings import field_of, help_of
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -135,12 +136,7 @@ def run_dir_option() -> Decorator:
 def wait_option(directory: str) -> Decorator:
     """--wait: when another ddn command is writing `directory`, wait for it instead of
     stopping (`pipeline.lock`)."""
-    return click.option(
-        "--wait",
-        is_flag=True,
-        help=f"If another ddn command is writing {directory}, wait for it to finish "
-        "instead of stopping.",
-    )
+    return click.option("--wait", is_flag=True, help=wait_help(directory))
 
 
 def training_options(config: type, beside_device: tuple[Decorator, ...] = ()) -> Decorator:

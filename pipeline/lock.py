@@ -27,6 +27,14 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 
+
+def wait_help(directory: str) -> str:
+    """The --wait help of every command that takes this lock on ``directory``."""
+    return (
+        f"If another ddn command is writing {directory}, wait for it to finish instead of stopping."
+    )
+
+
 LOCK_FILE = ".ddn.lock"
 HOLDER_WRITE_S = 1.0  # how long a holder that just took the lock may take to say who it is
 _COMMAND_CHARS = 200

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.lock import wait_help
 from pipeline.settings import setting
 
 
@@ -40,10 +41,7 @@ class TrainerConfig:
         "pip install 'ddn[tensorboard]').",
     )
     ckpt_every: int = setting(500, help="Steps between checkpoints.")
-    wait: bool = setting(
-        False,
-        help="If another ddn command is writing --out, wait for it to finish instead of stopping.",
-    )
+    wait: bool = setting(False, help=wait_help("--out"))
 
 
 @dataclass(kw_only=True)
