@@ -79,8 +79,10 @@ def training_fit(models, data: Path, count: int, seed: int) -> dict[str, float]:
     }
 
 
-def inference_fit(models, data: Path, threshold: float) -> dict[str, float]:
+def inference_fit(models, data: Path, threshold: float) -> tuple[dict[str, float], ConfusionMatrix]:
+    """The figures above, and the confusion matrix of these predictions (`ddn eval`'s)."""
     val = ValDataset(data)
+    confusion = ConfusionMatrix(len(val.classes))
     picked_true = picked = true = 0
     fg_on_obj, fg_on_bg, labelled, obj_pixels, share = [], [], 0, 0, []
     for i in range(len(val)):
@@ -89,6 +91,7 @@ def inference_fit(models, data: Path, threshold: float) -> dict[str, float]:
         truth = {int(c) for c in np.unique(mask) if c not in (0, 255)}
         (pred,) = segment_images(models.classifier, models.segmenter, [item["image"]], threshold,
                                  keep_maps=True)  # fmt: skip
+        confusion.update(mask, pred.pred)
         chosen = set(pred.labels)
         picked_true += len(chosen & truth)
         picked += len(chosen)
@@ -104,7 +107,7 @@ def inference_fit(models, data: Path, threshold: float) -> dict[str, float]:
         objects = (mask != 0) & (mask != 255)
         labelled += int((pred.pred[objects] != 0).sum())
         obj_pixels += int(objects.sum())
-    return {
+    figures = {
         "images": len(val),
         "label_recall": picked_true / max(1, true),
         "label_precision": picked_true / max(1, picked),
@@ -113,27 +116,34 @@ def inference_fit(models, data: Path, threshold: float) -> dict[str, float]:
         "median_object_share_of_input": float(np.median(share)) if share else np.nan,
         "object_pixels_labelled_as_object": labelled / max(1, obj_pixels),
     }
+    return figures, confusion
 
 
 @torch.no_grad()
-def true_label_miou(models, data: Path, threshold: float) -> dict[str, float]:
-    """mIoU (in %) with the classifier's picks and with the true labels given."""
+def true_label_miou(models, data: Path, picked: ConfusionMatrix) -> dict[str, object]:
+    """mIoU and per-class IoU (in %) with the classifier's picks (`picked`, from
+    `inference_fit`) and with each image's true labels given to the segmenter."""
     val = ValDataset(data)
-    picked, given = ConfusionMatrix(len(val.classes)), ConfusionMatrix(len(val.classes))
+    given = ConfusionMatrix(len(val.classes))
     for start in range(0, len(val), 16):
         items = [val[i] for i in range(start, min(start + 16, len(val)))]
-        images = [it["image"] for it in items]
         truth = [[int(c) + 1 for c in np.flatnonzero(it["labels"])] for it in items]
-        for cm, labels in ((picked, None), (given, truth)):
-            preds = segment_images(models.classifier, models.segmenter, images, threshold,
-                                   labels=labels)  # fmt: skip
-            for it, p in zip(items, preds, strict=True):
-                cm.update(it["mask"], p.pred)
+        preds = segment_images(models.classifier, models.segmenter,
+                               [it["image"] for it in items], labels=truth)  # fmt: skip
+        for it, p in zip(items, preds, strict=True):
+            given.update(it["mask"], p.pred)
+
+    def per_class(cm: ConfusionMatrix) -> dict[str, float]:
+        iou = cm.iou()
+        return {name: round(100 * float(v), 1) for name, v in zip(val.classes, iou, strict=True)}
+
     return {
         "miou_picked_labels": 100 * picked.miou(),
         "miou_true_labels": 100 * given.miou(),
         "miou_objects_picked_labels": 100 * picked.miou_objects(),
         "miou_objects_true_labels": 100 * given.miou_objects(),
+        "iou_picked_labels": per_class(picked),
+        "iou_true_labels": per_class(given),
     }
 
 
@@ -143,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     models = load_models(args.cls, args.seg, torch.device("cpu"))
     result = {
         "training_crops": training_fit(models, args.data, args.crops, args.seed),
-        "val_inference": inference_fit(models, args.data, args.threshold),
-        "val_miou": true_label_miou(models, args.data, args.threshold),
     }
+    result["val_inference"], picked = inference_fit(models, args.data, args.threshold)
+    result["val_miou"] = true_label_miou(models, args.data, picked)
     for part, values in result.items():
         print(part)
         for key, value in values.items():
