@@ -1,0 +1,120 @@
+"""Probes of the demo's classifier recipe (issue 10's demo target): one `ddn train-cls` run
+with the demo's settings except those named, or the cost of one of its steps.
+
+    python benchmarks/demo_cls_probe.py --data PREP --out RUN --iters 500 [--crop-scale 1.0]
+        [--batch 8 --lr 1e-3] [--width 0.25] [--val-every 250]
+    python benchmarks/demo_cls_probe.py --time-step       # ms per step of 32, conv share
+
+``--crop-scale LO`` sets the smallest area share of the classifier's random resized crop
+(the trainer's 0.5; 1.0 leaves flips only). It is not a train-cls option: it patches
+`pipeline.readers.random_resized_crop_box` in this process, which the forked DataLoader
+workers inherit. Prints the validation rows (step, val mAP) and a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import pipeline.readers as readers  # noqa: E402
+from cli.demo import CLASSIFIER_RECIPE  # noqa: E402
+from cli.demo import command as demo_command  # noqa: E402
+from ddn.train.cls import train_cls  # noqa: E402
+from ddn.train.config import ClsConfig  # noqa: E402
+
+# The demo's classifier: its recipe and its default size.
+_SIZE = {p.name: p.default for p in demo_command.params if p.name in ("width", "input_size")}
+DEMO = {**CLASSIFIER_RECIPE, **_SIZE, "device": "cpu"}
+
+
+def time_step(width: float, batch: int, steps: int = 10) -> dict[str, float]:
+    """Forward + backward + AdamW step of the demo's classifier on a random batch."""
+    from ddn.models import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(5, DEMO["arch"], width, DEMO["input_size"])
+    opt = torch.optim.AdamW(model.parameters(), lr=DEMO["lr"])
+    x = torch.randn(batch, 3, DEMO["input_size"], DEMO["input_size"])
+    y = (torch.rand(batch, 5) > 0.7).float()
+
+    def step() -> None:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    ms = (time.perf_counter() - start) / steps * 1000
+    with torch.profiler.profile() as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv_bwd = sum(e.self_cpu_time_total for e in events if e.key == "aten::convolution_backward")
+    return {"ms_per_step": ms, "conv_backward_share": conv_bwd / total}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--crop-scale", type=float, default=0.5)
+    p.add_argument("--batch", type=int, default=DEMO["batch"])
+    p.add_argument("--lr", type=float, default=DEMO["lr"])
+    p.add_argument("--width", type=float, default=DEMO["width"])
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--time-step", action="store_true")
+    args = p.parse_args(argv)
+    if args.time_step:
+        print(json.dumps(time_step(args.width, args.batch)))
+        return
+    if args.data is None or args.out is None:
+        p.error("--data and --out are needed (or --time-step)")
+    readers.random_resized_crop_box = functools.partial(
+        readers.random_resized_crop_box, scale=(args.crop_scale, 1.0)
+    )
+    started = time.time()
+    settings = {**DEMO, "batch": args.batch, "lr": args.lr, "width": args.width}
+    result = train_cls(
+        ClsConfig(
+            data=str(args.data),
+            out=str(args.out),
+            iters=args.iters,
+            seed=args.seed,
+            val_every=args.val_every,
+            tensorboard=False,
+            **settings,
+        )
+    )
+    rows = [line.split(",") for line in (args.out / "metrics.csv").read_text().splitlines()]
+    column = rows[0].index("val_map")
+    curve = {int(r[0]): float(r[column]) for r in rows[1:] if r[column]}
+    for step, value in curve.items():
+        print(f"step {step:6d}  val mAP {100 * value:.1f}")
+    print(
+        json.dumps(
+            {
+                "val_map": result.val_map,
+                "curve": curve,
+                "seconds": round(time.time() - started),
+                "crop_scale": args.crop_scale,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
