@@ -2,8 +2,10 @@
 with the demo's settings except those named, or the cost of one of its steps.
 
     python benchmarks/demo_cls_probe.py --data PREP --out RUN --iters 500 [--crop-scale 1.0]
-        [--batch 8 --lr 1e-3] [--width 0.25] [--val-every 250]
-    python benchmarks/demo_cls_probe.py --time-step       # ms per step of 32, conv share
+        [--batch 8 --lr 1e-3] [--width 0.25] [--decay cosine] [--warmup N] [--val-every 250]
+        [--input-size 96]
+    python benchmarks/demo_cls_probe.py --time-step [--input-size 96] [--batch 64]
+                                                          # ms per step, conv share
 
 ``--crop-scale LO`` sets the smallest area share of the classifier's random resized crop
 (the trainer's 0.5; 1.0 leaves flips only). It is not a train-cls option: it patches
@@ -35,14 +37,14 @@ _SIZE = {p.name: p.default for p in demo_command.params if p.name in ("width", "
 DEMO = {**CLASSIFIER_RECIPE, **_SIZE, "device": "cpu"}
 
 
-def time_step(width: float, batch: int, steps: int = 10) -> dict[str, float]:
+def time_step(width: float, batch: int, size: int, steps: int = 10) -> dict[str, float]:
     """Forward + backward + AdamW step of the demo's classifier on a random batch."""
     from ddn.models import Classifier
 
     torch.manual_seed(0)
-    model = Classifier(5, DEMO["arch"], width, DEMO["input_size"])
+    model = Classifier(5, DEMO["arch"], width, size)
     opt = torch.optim.AdamW(model.parameters(), lr=DEMO["lr"])
-    x = torch.randn(batch, 3, DEMO["input_size"], DEMO["input_size"])
+    x = torch.randn(batch, 3, size, size)
     y = (torch.rand(batch, 5) > 0.7).float()
 
     def step() -> None:
@@ -62,7 +64,10 @@ def time_step(width: float, batch: int, steps: int = 10) -> dict[str, float]:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     conv_bwd = sum(e.self_cpu_time_total for e in events if e.key == "aten::convolution_backward")
-    return {"ms_per_step": ms, "conv_backward_share": conv_bwd / total}
+    return {
+        "input_size": size, "batch": batch, "ms_per_step": ms,
+        "examples_per_s": batch / ms * 1000, "conv_backward_share": conv_bwd / total,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,12 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=DEMO["batch"])
     p.add_argument("--lr", type=float, default=DEMO["lr"])
     p.add_argument("--width", type=float, default=DEMO["width"])
+    p.add_argument("--decay", default=DEMO["decay"], choices=["constant", "cosine", "step"])
+    p.add_argument("--warmup", type=int, default=None, help="[default: the trainer's]")
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--time-step", action="store_true")
+    # The probes of RESULTS before 2026-12-02 ran at the then default, 96 (--input-size 96).
+    p.add_argument("--input-size", type=int, default=DEMO["input_size"])
     args = p.parse_args(argv)
     if args.time_step:
-        print(json.dumps(time_step(args.width, args.batch)))
+        print(json.dumps(time_step(args.width, args.batch, args.input_size)))
         return
     if args.data is None or args.out is None:
         p.error("--data and --out are needed (or --time-step)")
@@ -88,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.time()
     settings = {**DEMO, "batch": args.batch, "lr": args.lr, "width": args.width}
+    settings |= {"decay": args.decay, "warmup": args.warmup, "input_size": args.input_size}
     result = train_cls(
         ClsConfig(
             data=str(args.data),
