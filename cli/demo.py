@@ -48,15 +48,19 @@ CLASSIFIER_RECIPE = dict(
 )
 @click.option("--images", default=2000, help="Synthetic images.")
 @click.option("--classes", default=5, help="Synthetic classes.")
-@click.option("--size", default=96, help="Synthetic image size (px).")
+# 64 px rather than 96: the classifier is bound by the examples it sees (more steps or a
+# wider net per example learn no more: benchmarks/RESULTS.md), and at 64 px a CPU runs
+# ~1.7x the examples per second. The images are rendered at 64, not shrunk from 96, so
+# their textures are not aliased (a 64 px input on 96 px renders lost: RESULTS).
+@click.option("--size", default=64, help="Synthetic image size (px).")
 @click.option(
     "--strong-per-class",
     default=default_of(SplitSettings, "strong_per_class"),
     help="Strong (pixel-mask) images per class.",
 )
 @click.option("--width", default=0.125, help="Channel fraction of VGG-16 (1.0 = full).")
-@click.option("--input-size", default=96, help="Network input size (multiple of 32).")
-@click.option("--cls-iters", default=1500, help="Classifier training steps.")
+@click.option("--input-size", default=64, help="Network input size (multiple of 32).")
+@click.option("--cls-iters", default=3000, help="Classifier training steps.")
 @click.option("--seg-iters", default=1000, help="Segmenter training steps.")
 # A Choice, as the trainers' --device: a typo stops here, not after synth and prepare.
 @setting_option(ClsConfig, "device", type=click.Choice(["auto", "cpu", "cuda"]))

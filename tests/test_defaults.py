@@ -95,9 +95,9 @@ DIFFERS: dict[tuple[str, str], tuple[Any, str]] = {
         for name, value in (
             ("images", 2000),
             ("classes", 5),
-            ("size", 96),
+            ("size", 64),
             ("width", 0.125),
-            ("input_size", 96),
+            ("input_size", 64),
         )
     },
 }
