@@ -6,6 +6,7 @@ with the demo's settings except those named, or the cost of one of its steps.
         [--input-size 96]
     python benchmarks/demo_cls_probe.py --time-step [--input-size 96] [--batch 64]
                                                           # ms per step, conv share
+    python benchmarks/demo_cls_probe.py --split-map DEMO_DIR   # cls mAP: weak split vs val
 
 ``--crop-scale LO`` sets the smallest area share of the classifier's random resized crop
 (the trainer's 0.5; 1.0 leaves flips only). It is not a train-cls option: it patches
@@ -70,6 +71,22 @@ def time_step(width: float, batch: int, size: int, steps: int = 10) -> dict[str,
     }  # fmt: skip
 
 
+def split_map(demo_dir: Path) -> dict[str, float]:
+    """mAP of a demo run's classifier on its training images (no augmentation) and on val:
+    whether more steps or more images would serve it (no gap: steps)."""
+    from ddn.train.cls import evaluate
+    from ddn.trained_runs import load_classifier
+
+    model, _, config = load_classifier(demo_dir / "cls", "cpu")
+    out = {}
+    for source in ("weak", "val"):
+        images = readers.WeakDataset(
+            demo_dir / "prepared", config["input_size"], train=False, source=source
+        )
+        out[source] = evaluate(model, images, 64, torch.device("cpu"), DEMO["workers"])[0]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path)
@@ -84,14 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--time-step", action="store_true")
+    p.add_argument("--split-map", type=Path, metavar="DEMO_DIR", help="train vs val mAP")
     # The probes of RESULTS before 2026-12-02 ran at the then default, 96 (--input-size 96).
     p.add_argument("--input-size", type=int, default=DEMO["input_size"])
     args = p.parse_args(argv)
     if args.time_step:
         print(json.dumps(time_step(args.width, args.batch, args.input_size)))
         return
+    if args.split_map:
+        print(json.dumps(split_map(args.split_map)))
+        return
     if args.data is None or args.out is None:
-        p.error("--data and --out are needed (or --time-step)")
+        p.error("--data and --out are needed (or --time-step, or --split-map)")
     readers.random_resized_crop_box = functools.partial(
         readers.random_resized_crop_box, scale=(args.crop_scale, 1.0)
     )
