@@ -32,6 +32,7 @@ from cli.demo import CLASSIFIER_RECIPE  # noqa: E402
 from cli.demo import command as demo_command  # noqa: E402
 from ddn.train.cls import train_cls  # noqa: E402
 from ddn.train.config import ClsConfig  # noqa: E402
+from ddn.train.schedule import DECAYS  # noqa: E402
 
 # The demo's classifier: its recipe and its default size.
 _SIZE = {p.name: p.default for p in demo_command.params if p.name in ("width", "input_size")}
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=DEMO["batch"])
     p.add_argument("--lr", type=float, default=DEMO["lr"])
     p.add_argument("--width", type=float, default=DEMO["width"])
-    p.add_argument("--decay", default=DEMO["decay"], choices=["constant", "cosine", "step"])
+    p.add_argument("--decay", default=DEMO["decay"], choices=DECAYS)
     p.add_argument("--warmup", type=int, default=None, help="[default: the trainer's]")
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=1)

@@ -14,6 +14,7 @@ from cli.options import (
 )
 from ddn.models import ARCHS
 from ddn.train.config import ClsConfig
+from ddn.train.schedule import DECAYS
 
 
 @click.command("train-cls", context_settings={"show_default": True})
@@ -31,7 +32,7 @@ from ddn.train.config import ClsConfig
 @setting_option(ClsConfig, "momentum")
 @setting_option(ClsConfig, "weight_decay")
 @setting_option(ClsConfig, "warmup", type=int)
-@setting_option(ClsConfig, "decay", type=click.Choice(["cosine", "step", "constant"]))
+@setting_option(ClsConfig, "decay", type=click.Choice(DECAYS))
 @setting_option(ClsConfig, "pos_weight")
 @setting_option(ClsConfig, "pad_square", "--pad-square/--no-pad-square")
 @setting_option(ClsConfig, "weights")

@@ -64,12 +64,15 @@ def test_mean_ap_counts_negative_images_against_false_positives():
     assert math.isnan(mean) and np.isnan(ap).all()
 
 
-def test_lr_schedule_warmup_cosine_and_step():
+def test_lr_schedule_warmup_cosine_step_and_wsd():
     s = LRSchedule(total=110, warmup=10, decay="cosine")
     assert s(0) == pytest.approx(0.1) and s(9) == 1.0 and s(10) == 1.0
     assert s(60) == pytest.approx(0.5) and s(110) == pytest.approx(0.0)
     step = LRSchedule(total=100, warmup=0, decay="step", milestones=(40, 70), gamma=0.1)
     assert [step(i) for i in (0, 39, 40, 69, 70)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    # wsd: full rate until the last 20% of the 100 steps after warm-up, then linear to 0
+    wsd = LRSchedule(total=110, warmup=10, decay="wsd")
+    assert [wsd(i) for i in (10, 89, 90, 100, 109)] == pytest.approx([1, 1, 1, 0.5, 0.05])
 
 
 # ---------------------------------------------------------------- the run directory

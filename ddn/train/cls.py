@@ -4,8 +4,9 @@ Per step: a batch of `WeakDataset` crops (random resized crop + flip at the inpu
 size), ImageNet normalisation, BCE-with-logits on the average-pooled scores; SGD with
 momentum (or AdamW, ``--optimizer adamw``: tiny models from scratch learn much faster with
 it), the head at ``head_lr_mult`` x the backbone's rate (the reference's 10x for a new
-head); linear warm-up, then cosine decay to 0 (``--decay cosine``) or x0.1 at 2/3 of
-the run (``--decay step``). After every epoch (and at the end) rank 0 measures the
+head); linear warm-up, then cosine decay to 0 (``--decay cosine``), x0.1 at 2/3 of
+the run (``--decay step``) or constant with a linear decay to 0 over its last 20%
+(``--decay wsd``). After every epoch (and at the end) rank 0 measures the
 validation mAP and per-class AP on the val shards' image labels (at most ``MAX_VALIDATIONS``
 times a run unless ``val_every`` says otherwise).
 """
@@ -31,7 +32,7 @@ from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.config import ClsConfig
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
 from ddn.train.run_files import save_model
-from ddn.train.schedule import LRSchedule
+from ddn.train.schedule import DECAYS, WSD_TAIL, LRSchedule
 from ddn.train.tensorboard import open_board
 from pipeline.errors import UserError
 from pipeline.readers import WeakDataset
@@ -219,7 +220,10 @@ def _schedule(decay: str, warmup: int, milestones: tuple[int, ...]) -> str:
     if milestones:
         after = f"lr x0.1 at step {milestones[0]}"
     else:
-        after = "cosine decay to 0" if decay == "cosine" else "constant lr"
+        after = {
+            "cosine": "cosine decay to 0",
+            "wsd": f"constant lr, linear decay to 0 over the last {WSD_TAIL:.0%}",
+        }.get(decay, "constant lr")
     return f"{warmup} warm-up steps, then {after}" if warmup else after
 
 
@@ -230,8 +234,8 @@ def _check(cfg: ClsConfig) -> None:
         raise UserError(f"--iters: must be at least 1, got {cfg.iters}")
     if cfg.iters is None and not cfg.epochs > 0:
         raise UserError(f"--epochs: must be positive, got {cfg.epochs}")
-    if cfg.decay not in ("cosine", "step", "constant"):
-        raise UserError(f"--decay: expected cosine, step or constant, got {cfg.decay!r}")
+    if cfg.decay not in DECAYS:
+        raise UserError(f"--decay: expected one of {', '.join(DECAYS)}, got {cfg.decay!r}")
     if cfg.optimizer not in ("sgd", "adamw"):
         raise UserError(f"--optimizer: expected sgd or adamw, got {cfg.optimizer!r}")
     if cfg.input_size % 32:

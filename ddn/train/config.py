@@ -64,7 +64,11 @@ class ClsConfig(TrainerConfig):
     momentum: float = setting(0.9, help="SGD only.")
     weight_decay: float = setting(5e-4, help="SGD: L2 penalty; adamw: decoupled decay.")
     warmup: int | None = setting(None, help="Linear warm-up steps [default: min(500, iters/10)].")
-    decay: str = setting("cosine", help="After warm-up: cosine to 0, or x0.1 at 2/3 of the run.")
+    decay: str = setting(
+        "cosine",
+        help="After warm-up: cosine to 0, x0.1 at 2/3 of the run (step), or constant "
+        "then linear to 0 over the last 20% (wsd).",
+    )
     pos_weight: str = setting(
         "auto",
         help="BCE weight of each class's positive images: 'auto' sets it from the class's "
