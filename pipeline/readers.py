@@ -37,12 +37,12 @@ from pipeline.shard_set import ByteLRU, ShardSet
 from pipeline.shards import subset_classes
 from pipeline.training_crop import CLASS_LUT, crop_image_chw, crop_target
 
-# Per worker. A forked DataLoader worker's resident memory is this plus ~0.35 GiB it
-# shares with its parent (torch, the crop tables) plus allocator slack: 0.83 GiB at
-# 10,000 strong images (benchmarks/bench_loader.py), under the 1 GiB a worker may take;
-# 512 MiB measured 0.95 GiB at 2,000. Past the cache, train-seg's windowed order
-# decodes each source once per window whatever the budget: a smaller one only narrows
-# the windows.
+# Per worker (CropDataset's sources; WeakDataset's images). A forked DataLoader worker's
+# resident memory is this plus ~0.35 GiB it shares with its parent (torch, the crop
+# tables) plus allocator slack: 0.83 GiB at 10,000 strong images
+# (benchmarks/bench_loader.py), under the 1 GiB a worker may take; 512 MiB measured
+# 0.95 GiB at 2,000. Past the cache, train-seg's windowed order decodes each source once
+# per window whatever the budget: a smaller one only narrows the windows.
 IMAGE_CACHE_BYTES = 384 << 20
 SOURCES = ("weak", "strong", "val")
 CROP_TARGETS = ("binary", "classes")  # CropDataset: figure/ground of P, or class labels
@@ -121,9 +121,16 @@ class _ShardDataset(Dataset):
     """What every reader shares: the shard set, classes, the epoch, image decoding."""
 
     def __init__(
-        self, prepared_dir: str | Path, kind: str, count_key: str, preload: tuple[str, ...]
+        self,
+        prepared_dir: str | Path,
+        kind: str,
+        count_key: str,
+        preload: tuple[str, ...],
+        cache_bytes: int = 0,
     ) -> None:
         self.shards = ShardSet(prepared_dir, kind, count_key, preload)
+        # Decoded source images, per process (each DataLoader worker fills its own).
+        self.image_cache = ByteLRU(cache_bytes)
         if len(self.shards) == 0:
             raise UserError(
                 f"{self.shards.root}: the manifest lists no {kind} {count_key}; "
@@ -141,6 +148,12 @@ class _ShardDataset(Dataset):
 
     def _index(self, index: int) -> int:
         return index + len(self) if index < 0 else index
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned workers fill their own cache; pickling ours would copy up to its budget.
+        state = self.__dict__.copy()
+        state["image_cache"] = ByteLRU(self.image_cache.max_bytes)
+        return state
 
     def _decode(self, shard: int, row: int, mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
         f = self.shards.file(shard)
@@ -187,10 +200,9 @@ class CropDataset(_ShardDataset):
         if target not in CROP_TARGETS:
             raise UserError(f"unknown crop target {target!r}; expected one of {CROP_TARGETS}")
         preload = ("crop_image", "crop_subset", "crop_box", "labels")
-        super().__init__(prepared_dir, "strong", "crops", preload)
+        super().__init__(prepared_dir, "strong", "crops", preload, cache_bytes)
         self.warp_size, self.crop_size, self.flip, self.seed = warp_size, crop_size, flip, seed
         self.target = target
-        self.image_cache = ByteLRU(cache_bytes)
 
     def source_images(self) -> np.ndarray:
         """For every crop, the number of its source image in the whole strong set."""
@@ -250,12 +262,6 @@ class CropDataset(_ShardDataset):
             "index": index,
         }
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Spawned workers fill their own cache; pickling ours would copy up to its budget.
-        state = self.__dict__.copy()
-        state["image_cache"] = ByteLRU(self.image_cache.max_bytes)
-        return state
-
 
 class WeakDataset(_ShardDataset):
     """Classifier examples: ``image`` uint8 (3, size, size), ``labels`` float32 (C,).
@@ -266,6 +272,10 @@ class WeakDataset(_ShardDataset):
     of the image itself. Evaluation (``train=False``): `pad_to_square_and_resize`, the
     reference's inference input. ``source`` picks the shards: 'weak', 'strong' or 'val'
     (classifier validation).
+
+    Each process keeps the images it decoded (padded; for evaluation, padded and resized)
+    in an LRU cache of ``cache_bytes`` (0 turns it off): a weak set that fits is decoded
+    once per worker, not once per epoch.
     """
 
     def __init__(
@@ -276,12 +286,13 @@ class WeakDataset(_ShardDataset):
         seed: int = 0,
         source: str = "weak",
         pad_square: bool = True,
+        cache_bytes: int = IMAGE_CACHE_BYTES,
     ) -> None:
         if source not in SOURCES:
             raise UserError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
         if size < 1:
             raise UserError(f"image size must be positive, got {size}")
-        super().__init__(prepared_dir, source, "images", ("labels",))
+        super().__init__(prepared_dir, source, "images", ("labels",), cache_bytes)
         self.size, self.train, self.seed = size, train, seed
         self.pad_square = pad_square
 
@@ -295,19 +306,31 @@ class WeakDataset(_ShardDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)
         shard, row = self.shards.locate(index)
-        image, _ = self._decode(shard, row, mask=False)
+        image = self._source(shard, row)
         if self.train:
             rng = example_rng(self.seed, self.epoch, index)
-            if self.pad_square:
-                image = pad_to_square(image)
             top, left, h, w = random_resized_crop_box(rng, *image.shape[:2])
             image = _resize(image[top : top + h, left : left + w], self.size, self.size)
             if rng.random() < 0.5:
                 image = image[:, ::-1]
-        else:
-            image = pad_to_square_and_resize(image, self.size)
         labels = self.shards.columns(shard)["labels"][row].astype(np.float32)
         return {"image": _to_chw(image), "labels": torch.from_numpy(labels), "index": index}
+
+    def _source(self, shard: int, row: int) -> np.ndarray:
+        """The decoded image as every example of it starts: padded to a square (training
+        with ``pad_square``), or padded and resized (evaluation, the whole example).
+        Cached: at small sizes decoding is most of an example's cost, and the main
+        process's compute slows by more than the decode when workers share its cores."""
+        hit = self.image_cache.get((shard, row))
+        if hit is not None:
+            return hit[0]
+        image, _ = self._decode(shard, row, mask=False)
+        if not self.train:
+            image = pad_to_square_and_resize(image, self.size)
+        elif self.pad_square:
+            image = pad_to_square(image)
+        self.image_cache.put((shard, row), (image,))
+        return image
 
 
 class ValDataset(_ShardDataset):

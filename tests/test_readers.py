@@ -323,6 +323,23 @@ def test_image_cache_respects_its_byte_budget(prep):
     assert len(small.image_cache) == 0 and small.image_cache.misses == len(small)
 
 
+@pytest.mark.parametrize("train,pad_square", [(True, True), (True, False), (False, True)])
+def test_weak_examples_are_the_same_from_the_image_cache(prep, train, pad_square):
+    kw = dict(size=32, train=train, seed=3, source="weak", pad_square=pad_square)
+    cached, plain = WeakDataset(prep.root, **kw), WeakDataset(prep.root, cache_bytes=0, **kw)
+    n = len(cached)
+    for epoch in (0, 1):  # the second epoch's examples all start from cached images
+        cached.set_epoch(epoch), plain.set_epoch(epoch)
+        for i in range(n):
+            got = cached[i]
+            assert_items_equal(as_numpy(got), as_numpy(plain[i]))
+            got["image"].fill_(0)  # a consumer writing to its batch leaves the cache alone
+    assert len(cached.image_cache) == n and cached.image_cache.hits == n
+    assert len(plain.image_cache) == 0
+    clone = pickle.loads(pickle.dumps(cached))  # a spawned worker starts empty
+    assert len(clone.image_cache) == 0 and clone.image_cache.max_bytes > 0
+
+
 # ---------------------------------------------------------------- user mistakes
 
 
