@@ -155,6 +155,19 @@ class _ShardDataset(Dataset):
         state["image_cache"] = ByteLRU(self.image_cache.max_bytes)
         return state
 
+    def _source(self, shard: int, row: int) -> tuple[np.ndarray, ...]:
+        """`_load_source` of an image row, through this process's cache."""
+        hit = self.image_cache.get((shard, row))
+        if hit is not None:
+            return hit
+        value = self._load_source(shard, row)
+        self.image_cache.put((shard, row), value)
+        return value
+
+    def _load_source(self, shard: int, row: int) -> tuple[np.ndarray, ...]:
+        """What a reader keeps of one decoded image row (the arrays its examples start from)."""
+        raise NotImplementedError
+
     def _decode(self, shard: int, row: int, mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
         f = self.shards.file(shard)
         where = f"{self.shards.files[shard]} (image row {row})"
@@ -230,16 +243,11 @@ class CropDataset(_ShardDataset):
         flip = bool(rng.random() < 0.5)  # drawn even when flip is off: same crops either way
         return top, left, flip and self.flip
 
-    def _source(self, shard: int, row: int) -> tuple[np.ndarray, np.ndarray]:
-        hit = self.image_cache.get((shard, row))
-        if hit is not None:
-            return hit  # type: ignore[return-value]
+    def _load_source(self, shard: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         image, labels = self._decode(shard, row, mask=True)
         # Kept as RGBA: cv2's 4-channel bilinear warp is vectorised and about twice as
         # fast as the 3-channel one, with bit-identical colour channels.
-        value = (cv2.cvtColor(image, cv2.COLOR_RGB2RGBA), labels)
-        self.image_cache.put((shard, row), value)
-        return value
+        return cv2.cvtColor(image, cv2.COLOR_RGB2RGBA), labels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)
@@ -306,7 +314,7 @@ class WeakDataset(_ShardDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._index(index)
         shard, row = self.shards.locate(index)
-        image = self._source(shard, row)
+        (image,) = self._source(shard, row)
         if self.train:
             rng = example_rng(self.seed, self.epoch, index)
             top, left, h, w = random_resized_crop_box(rng, *image.shape[:2])
@@ -316,21 +324,15 @@ class WeakDataset(_ShardDataset):
         labels = self.shards.columns(shard)["labels"][row].astype(np.float32)
         return {"image": _to_chw(image), "labels": torch.from_numpy(labels), "index": index}
 
-    def _source(self, shard: int, row: int) -> np.ndarray:
+    def _load_source(self, shard: int, row: int) -> tuple[np.ndarray]:
         """The decoded image as every example of it starts: padded to a square (training
         with ``pad_square``), or padded and resized (evaluation, the whole example).
-        Cached: at small sizes decoding is most of an example's cost, and the main
-        process's compute slows by more than the decode when workers share its cores."""
-        hit = self.image_cache.get((shard, row))
-        if hit is not None:
-            return hit[0]
+        Cached (`_source`): at small sizes decoding is most of an example's cost, and the
+        main process's compute slows by more than the decode when workers share its cores."""
         image, _ = self._decode(shard, row, mask=False)
         if not self.train:
-            image = pad_to_square_and_resize(image, self.size)
-        elif self.pad_square:
-            image = pad_to_square(image)
-        self.image_cache.put((shard, row), (image,))
-        return image
+            return (pad_to_square_and_resize(image, self.size),)
+        return (pad_to_square(image) if self.pad_square else image,)
 
 
 class ValDataset(_ShardDataset):

@@ -329,7 +329,8 @@ def test_weak_examples_are_the_same_from_the_image_cache(prep, train, pad_square
     cached, plain = WeakDataset(prep.root, **kw), WeakDataset(prep.root, cache_bytes=0, **kw)
     n = len(cached)
     for epoch in (0, 1):  # the second epoch's examples all start from cached images
-        cached.set_epoch(epoch), plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        plain.set_epoch(epoch)
         for i in range(n):
             got = cached[i]
             assert_items_equal(as_numpy(got), as_numpy(plain[i]))
