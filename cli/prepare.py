@@ -78,6 +78,7 @@ SHOW_SKIPPED = 20  # skipped files named on the terminal; manifest.json lists th
 @setting_option(CropSettings, "enclose")
 @setting_option(CropSettings, "random_boxes", type=click.Choice(RANDOM_BOXES))
 @setting_option(CropSettings, "whole_image", "--whole-image/--no-whole-image")
+@setting_option(CropSettings, "scales_from", metavar="T")
 @setting_option(CropSettings, "max_subsets")
 @setting_option(CropSettings, "materialize", type=int)
 @setting_option(ShardSettings, "shard_size")
@@ -117,6 +118,7 @@ def command(
     enclose: float,
     random_boxes: str,
     whole_image: bool,
+    scales_from: float,
     max_subsets: int,
     materialize: int | None,
     shard_size: int,
@@ -154,6 +156,7 @@ def command(
         enclose=enclose,
         random_boxes=random_boxes,
         whole_image=whole_image,
+        scales_from=scales_from,
         max_subsets=max_subsets,
         materialize=materialize,
         shard_size=shard_size,

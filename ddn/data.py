@@ -41,6 +41,7 @@ def crop_settings(
     seed: int,
     random_boxes: str,
     whole_image: bool,
+    scales_from: float,
     edge_model: str | Path | None,
     max_boxes: int,
     edgebox_alpha: float,
@@ -55,6 +56,10 @@ def crop_settings(
         raise UserError("--proposals and --max-subsets must be at least 1")
     if random_boxes not in ("scales", "margin"):
         raise UserError(f"--random-boxes: expected scales or margin, got {random_boxes!r}")
+    if not 0 <= scales_from <= 1:
+        raise UserError(f"--scales-from: must be in [0, 1], got {scales_from}")
+    if scales_from and random_boxes != "scales":
+        raise UserError("--scales-from: applies to --random-boxes scales only")
     config = ProposalConfig(
         method=method,
         edge_model=str(edge_model) if edge_model else None,
@@ -64,7 +69,15 @@ def crop_settings(
         min_score=edgebox_min_score,
     )
     return CropSettings(
-        config, proposals, enclose, max_subsets, materialize, seed, random_boxes, whole_image
+        config,
+        proposals,
+        enclose,
+        max_subsets,
+        materialize,
+        seed,
+        random_boxes,
+        whole_image,
+        scales_from,
     )
 
 
@@ -94,6 +107,7 @@ def prepare(
     enclose: float = CropSettings.enclose,
     random_boxes: str = CropSettings.random_boxes,
     whole_image: bool = CropSettings.whole_image,
+    scales_from: float = CropSettings.scales_from,
     max_subsets: int | None = CropSettings.max_subsets,
     materialize: int | None = CropSettings.materialize,
     shard_size: int = ShardSettings.shard_size,
@@ -139,6 +153,7 @@ def prepare(
         seed=seed,
         random_boxes=random_boxes,
         whole_image=whole_image,
+        scales_from=scales_from,
         edge_model=edge_model,
         max_boxes=max_boxes,
         edgebox_alpha=edgebox_alpha,
@@ -209,6 +224,7 @@ def generate_crops(
     image_id: str = "",
     random_boxes: str = CropSettings.random_boxes,
     whole_image: bool = CropSettings.whole_image,
+    scales_from: float = CropSettings.scales_from,
     edge_model: str | Path | None = None,
     max_boxes: int = ProposalConfig.max_boxes,
     edgebox_alpha: float = ProposalConfig.alpha,
@@ -234,6 +250,7 @@ def generate_crops(
         seed=seed,
         random_boxes=random_boxes,
         whole_image=whole_image,
+        scales_from=scales_from,
         edge_model=edge_model,
         max_boxes=max_boxes,
         edgebox_alpha=edgebox_alpha,

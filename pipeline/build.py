@@ -58,6 +58,12 @@ class CropSettings:
         help="Also train on each subset's whole image, padded to a square as at inference "
         "(the paper's N_s term).",
     )
+    scales_from: float = setting(
+        0.0,
+        help="--random-boxes scales: each box's scale t is drawn from U[T, 1], t = 0 being "
+        "the subset's tight box and 1 the padded image (log scale between). 0 spans every "
+        "scale; nearer 1 trains nearer the scale of inference (small objects, small inputs).",
+    )
 
 
 @dataclass
@@ -108,6 +114,7 @@ def strong_image_crops(
         rng,
         crops.random_boxes,
         crops.whole_image,
+        crops.scales_from,
     )
     return table, seconds
 

@@ -18,7 +18,11 @@ Random boxes (``random_boxes``):
   reference's boxes may. Half of the boxes are then within sqrt(S / w_b) of the tight
   box's scale and half beyond, so a small object is seen both close up and at the scale
   it has at inference. Photographs give few proposals that enclose an object (1-6 of 200
-  on the horses), so this distribution decides what the segmenter learns.
+  on the horses), so this distribution decides what the segmenter learns. ``scales_from``
+  T > 0 draws t ~ U[T, 1] instead: every box at least (S / w_b)^T times the tight box,
+  nearer the scale of inference. Where objects are small in the image and the input is
+  small, close-ups teach little that carries over to whole images (the demo's synthetic
+  set: benchmarks/RESULTS.md).
 - ``"margin"`` (ddn 0.1's only rule): each side of the tight box moves out by
   U[0, 0.5 x its side], i.e. boxes of 1-2x the object: small objects never appear at
   their inference scale.
@@ -140,6 +144,7 @@ def select_boxes(
     rng: np.random.Generator,
     random_boxes: str = "scales",
     whole_image: bool = False,
+    scales_from: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` distinct boxes enclosing the foreground of ``fg_mask`` (HxW bool), plus the
     padded image square first when ``whole_image``.
@@ -149,19 +154,35 @@ def select_boxes(
     fg = np.asarray(fg_mask, dtype=bool)
     total = int(fg.sum())
     counts = box_counts(summed_area_table(fg), proposals) if total else np.zeros(0, np.int64)
-    rule = BoxRule(fg.shape, random_boxes, whole_image)
+    rule = BoxRule(fg.shape, random_boxes, whole_image, scales_from)
     return _choose(counts, total, tight_box(fg), proposals, scores, n, enclose, rng, rule)
+
+
+def check_scales_from(scales_from: float, random_boxes: str) -> None:
+    """ValueError unless ``scales_from`` is in [0, 1] and used with "scales"."""
+    if not 0 <= scales_from <= 1:
+        raise ValueError(f"scales_from must be in [0, 1], got {scales_from}")
+    if scales_from and random_boxes != "scales":
+        raise ValueError(f"scales_from applies to random_boxes 'scales', not {random_boxes!r}")
 
 
 class BoxRule:
     """What besides proposals a subset gets: random boxes drawn by ``random_boxes`` for an
     image of ``shape`` (H, W), and the padded image square when ``whole_image``."""
 
-    def __init__(self, shape: tuple[int, ...], random_boxes: str, whole_image: bool) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        random_boxes: str,
+        whole_image: bool,
+        scales_from: float = 0.0,
+    ) -> None:
         if random_boxes not in RANDOM_BOXES:
             raise ValueError(f"random_boxes must be one of {RANDOM_BOXES}, got {random_boxes!r}")
+        check_scales_from(scales_from, random_boxes)
         self.side = float(max(shape[:2]))
         self.random_boxes, self.whole_image = random_boxes, whole_image
+        self.scales_from = scales_from
 
     def whole(self) -> np.ndarray:
         return np.array([[0.0, 0.0, self.side, self.side]], np.float32)
@@ -228,13 +249,20 @@ def _margin_draw(
 
 
 def _scale_draw(
-    bbox: np.ndarray, batch: int, rng: np.random.Generator, widen: float, square: float
+    bbox: np.ndarray,
+    batch: int,
+    rng: np.random.Generator,
+    widen: float,
+    square: float,
+    scales_from: float = 0.0,
 ) -> np.ndarray:
-    """ "scales": sides log-uniform from the tight box's to ``square`` (x ``widen``), one t
-    per box; placed uniformly among the positions that contain ``bbox``."""
+    """ "scales": sides log-uniform from the tight box's to ``square`` (x ``widen``), one
+    t ~ U[scales_from, 1] per box; placed uniformly among the positions that contain
+    ``bbox``."""
     lo = np.array([bbox[2] - bbox[0], bbox[3] - bbox[1]], dtype=np.float64)
     hi = np.maximum(square * widen, lo)
-    t = rng.random((batch, 1))
+    # At scales_from 0 this is t = U[0, 1] draw for draw: the boxes of earlier versions.
+    t = scales_from + (1.0 - scales_from) * rng.random((batch, 1))
     sides = lo * (hi / lo) ** t
     start = bbox[2:] - sides + rng.random((batch, 2)) * (sides - lo)
     return np.concatenate([start, start + sides], axis=1)
@@ -260,7 +288,7 @@ def _random_boxes(
         if rule.random_boxes == "margin":
             cand = _margin_draw(bbox, batch, rng, widen)
         else:
-            cand = _scale_draw(bbox, batch, rng, widen, rule.side)
+            cand = _scale_draw(bbox, batch, rng, widen, rule.side, rule.scales_from)
         added = 0
         for row, key in zip(cand, np.rint(cand).astype(np.int64).tolist(), strict=True):
             if tuple(key) not in seen:
@@ -286,6 +314,7 @@ def image_crops(
     rng: np.random.Generator,
     random_boxes: str = "scales",
     whole_image: bool = False,
+    scales_from: float = 0.0,
 ) -> CropTable:
     """The crop table of one strong image: ``n`` boxes for each label subset P (and the
     padded image square first, when ``whole_image``).
@@ -296,7 +325,7 @@ def image_crops(
     """
     labels = tuple(int(c) for c in labels)
     subsets = label_subsets(labels, max_subsets, rng)
-    rule = BoxRule(label_map.shape, random_boxes, whole_image)
+    rule = BoxRule(label_map.shape, random_boxes, whole_image, scales_from)
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     per_class_counts, per_class_total, per_class_bbox = [], [], []
     for c in labels:

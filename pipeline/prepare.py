@@ -192,7 +192,7 @@ def _config(
         "dataset": {"name": ds.name, **(dataset_config or {})},
         "classes": ds.classes,
         "split": asdict(split),
-        "crops": {**asdict(crops), "proposals": crops.proposals.to_dict()},
+        "crops": _crops_config(crops),
         "shards": {"shard_size": shards.shard_size, "strong_shard_size": shards.strong_shard_size},
         # skip_bad is not part of the config: a shard finished without it holds no
         # bad image, so it is the same shard with it, and the usual fix for a failed
@@ -207,6 +207,15 @@ def _config(
         if not Path(split.strong_list).is_file():
             raise UserError(f"{split.strong_list}: strong list file not found")
         config["split"]["strong_list_sha256"] = sha256_file(Path(split.strong_list))
+    return config
+
+
+def _crops_config(crops: CropSettings) -> dict[str, Any]:
+    config = {**asdict(crops), "proposals": crops.proposals.to_dict()}
+    if not config["scales_from"]:
+        # Out of the hash at its default, so that directories prepared before the
+        # setting existed still resume.
+        del config["scales_from"]
     return config
 
 

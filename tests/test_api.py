@@ -115,6 +115,13 @@ def test_the_command_with_the_same_options_resumes_what_prepare_made(prepared, s
         json.loads(before)["config_hash"]
         == json.loads((prepared / "manifest.json").read_text())["config_hash"]
     )
+    # --scales-from at its default stays out of the config, so that directories prepared
+    # before it existed keep their hash; another value is another configuration.
+    assert "scales_from" not in json.loads(before)["config"]["crops"]
+    args[args.index("margin")] = "scales"
+    r = run(*args, "--scales-from", "0.5")
+    assert r.exit_code != 0 and "crops.scales_from" in r.output, r.output
+    assert (prepared / "manifest.json").read_text() == before
 
 
 def test_generate_crops_refuses_bad_input():
@@ -130,6 +137,8 @@ def test_generate_crops_refuses_bad_input():
         ((image, mask[:10]), {}, "mask: size 30x10 differs from the image's 30x20"),
         ((image, mask.astype(np.int32)), {}, "mask: expected a uint8"),
         ((image, mask), {"enclose": 0}, "--enclose"),
+        ((image, mask), {"scales_from": 1.5}, r"--scales-from: must be in \[0, 1\]"),
+        ((image, mask), {"random_boxes": "margin", "scales_from": 0.5}, "scales only"),
         ((image, mask), {"method": "magic"}, "unknown proposal method"),
     ]
     for args, kw, message in cases:

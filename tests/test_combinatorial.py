@@ -173,6 +173,39 @@ def test_scale_boxes_span_from_the_tight_box_to_the_padded_square():
     assert all(_inside_count(fg, b) == fg.sum() for b in out)
 
 
+@pytest.mark.parametrize("scales_from", [0.75, 1.0])
+def test_scales_from_keeps_the_boxes_near_the_scale_of_inference(scales_from):
+    fg = _fg(h=60, w=200, rect=(100, 30, 110, 38))  # 10 px wide; the padded square is 20x
+    draw = dict(n=300, enclose=0.95, rng=np.random.default_rng(3), random_boxes="scales")
+    out, _ = select_boxes(fg, np.zeros((0, 4)), np.zeros(0), **draw, scales_from=scales_from)
+    t = np.log((out[:, 2] - out[:, 0]) / 10) / np.log(20)
+    if scales_from == 1.0:  # the padded square's size, placed anywhere it holds the object
+        assert np.allclose(t, 1, atol=1e-4) and len(np.unique(np.rint(out), axis=0)) == 300
+    else:
+        assert t.min() >= scales_from - 1e-4 and 0.4 < np.mean(t < 0.875) < 0.6
+    assert all(_inside_count(fg, b) == fg.sum() for b in out)
+    # The default draws below the bound (the case above could not pass by accident).
+    base, _ = select_boxes(
+        fg, np.zeros((0, 4)), np.zeros(0), **draw | {"rng": np.random.default_rng(3)}
+    )
+    assert (np.log((base[:, 2] - base[:, 0]) / 10) / np.log(20) < 0.5).sum() > 100
+
+
+def test_scales_from_zero_draws_the_boxes_of_the_default():
+    fg = _fg()
+    args = (fg, np.zeros((0, 4)), np.zeros(0), 50, 0.95)
+    a, _ = select_boxes(*args, np.random.default_rng(5))
+    b, _ = select_boxes(*args, np.random.default_rng(5), scales_from=0.0)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("rule, value", [("scales", 1.5), ("scales", -0.1), ("margin", 0.5)])
+def test_scales_from_out_of_range_or_without_scales_is_refused(rule, value):
+    with pytest.raises(ValueError, match="scales_from"):
+        select_boxes(_fg(), np.zeros((0, 4)), np.zeros(0), 5, 0.95,
+                     np.random.default_rng(0), rule, scales_from=value)  # fmt: skip
+
+
 def test_whole_image_box_comes_first_and_is_the_padded_square():
     fg = _fg(h=60, w=80)
     boxes, scores = _proposals()
