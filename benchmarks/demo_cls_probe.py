@@ -3,7 +3,7 @@ with the demo's settings except those named, or the cost of one of its steps.
 
     python benchmarks/demo_cls_probe.py --data PREP --out RUN --iters 500 [--crop-scale 1.0]
         [--batch 8 --lr 1e-3] [--width 0.25] [--decay cosine] [--warmup N] [--val-every 250]
-        [--input-size 96]
+        [--input-size 96] [--weight-decay 0.05] [--wsd-tail 0.4]
     python benchmarks/demo_cls_probe.py --time-step [--input-size 96] [--batch 64]
                                                           # ms per step, conv share
     python benchmarks/demo_cls_probe.py --split-map DEMO_DIR   # cls mAP: weak split vs val
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+import ddn.train.schedule as schedule  # noqa: E402
 import pipeline.readers as readers  # noqa: E402
 from cli.demo import CLASSIFIER_RECIPE  # noqa: E402
 from cli.demo import command as demo_command  # noqa: E402
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=float, default=DEMO["width"])
     p.add_argument("--decay", default=DEMO["decay"], choices=DECAYS)
     p.add_argument("--warmup", type=int, default=None, help="[default: the trainer's]")
+    p.add_argument("--weight-decay", type=float, default=None, help="[default: the demo's]")
+    p.add_argument("--wsd-tail", type=float, default=None, help="[default: WSD_TAIL]")
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--time-step", action="store_true")
@@ -114,12 +117,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.data is None or args.out is None:
         p.error("--data and --out are needed (or --time-step, or --split-map)")
+    if args.wsd_tail is not None:  # read by LRSchedule at each step
+        schedule.WSD_TAIL = args.wsd_tail
     readers.random_resized_crop_box = functools.partial(
         readers.random_resized_crop_box, scale=(args.crop_scale, 1.0)
     )
     started = time.time()
     settings = {**DEMO, "batch": args.batch, "lr": args.lr, "width": args.width}
     settings |= {"decay": args.decay, "warmup": args.warmup, "input_size": args.input_size}
+    if args.weight_decay is not None:
+        settings["weight_decay"] = args.weight_decay
     result = train_cls(
         ClsConfig(
             data=str(args.data),
