@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from ddn.metrics import average_precision, format_ap_table, mean_average_precision
+from ddn.models import Classifier
 from ddn.train.balance import balance_weight
-from ddn.train.cls import class_pos_weights, classification_loss
+from ddn.train.cls import class_pos_weights, classification_loss, evaluate, make_val_loader
 from ddn.train.run_files import MODEL, checkpoints
 from ddn.train.schedule import LRSchedule
 from ddn.trained_runs import load_classifier
@@ -206,6 +208,27 @@ def test_validation_every_epoch_but_at_most_ten_times_a_run(prep, tmp_path):
     r = run_cli(*tiny_args(prep, tmp_path / "b", "--iters", "12", "--val-every", "5"))
     assert r.exit_code == 0, r.output
     assert validated(tmp_path / "b") == [5, 10, 12]
+
+
+class _Pids(WeakDataset):
+    """A val set whose examples say which process read them."""
+
+    def __getitem__(self, i):
+        return super().__getitem__(i) | {"pid": os.getpid()}
+
+
+def test_validation_workers_persist_and_score_as_the_main_process(prep):
+    # New workers at every validation would start with empty decoded-image caches.
+    val = _Pids(prep, SIZE, train=False, source="val")
+    loader = make_val_loader(val, 4, workers=1)
+    pids = [{int(p) for b in loader for p in b["pid"]} for _ in range(2)]
+    assert pids[0] == pids[1] and os.getpid() not in pids[0]
+    model = Classifier(len(val.classes) - 1, ARCH, WIDTH, input_size=SIZE)
+    cpu = torch.device("cpu")
+    in_workers = evaluate(model, loader, cpu, amp=False)
+    in_main = evaluate(model, make_val_loader(val, 4, workers=0), cpu, amp=False)
+    assert in_workers[0] == pytest.approx(in_main[0])
+    np.testing.assert_allclose(in_workers[1], in_main[1])
 
 
 # ---------------------------------------------------------------- learning

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ def _train(
     except UserError as e:
         warnings.warn(f"no validation: {e}", stacklevel=2)
         val_set = None
+    val_loader = make_val_loader(val_set, cfg.batch, cfg.workers) if val_set is not None else None
     classes = train_set.classes[1:]
     n, global_batch = len(train_set), cfg.batch * info.world_size
     iters = cfg.iters if cfg.iters is not None else max(1, round(cfg.epochs * n / global_batch))
@@ -130,10 +132,8 @@ def _train(
         return classification_loss(out.logits.float(), labels, pos_weight_t)
 
     def validate(step: int) -> None:
-        if info.is_main and val_set is not None:
-            result.val_map, result.val_ap = evaluate(
-                model, val_set, cfg.batch, device, cfg.workers, cfg.amp, fmt
-            )
+        if info.is_main and val_loader is not None:
+            result.val_map, result.val_ap = evaluate(model, val_loader, device, cfg.amp, fmt)
             # --resume of a finished run validates again for its result, but the row of
             # that step is already in metrics.csv.
             if not metrics.has(step, "val_map"):
@@ -191,20 +191,24 @@ def class_pos_weights(setting: str, dataset: WeakDataset) -> torch.Tensor:
     return torch.tensor([balance_weight(float(f)) for f in shares])
 
 
+def make_val_loader(dataset: WeakDataset, batch: int, workers: int) -> DataLoader:
+    """The val images in order. Its workers persist across validations: each keeps the
+    decoded images of its batches in its reader's cache, which new workers would not have."""
+    n = loop.limit_cv2_threads(workers)
+    return DataLoader(dataset, batch_size=batch, num_workers=n, persistent_workers=n > 0)
+
+
 @torch.no_grad()
 def evaluate(
     model: Classifier,
-    dataset: WeakDataset,
-    batch: int,
+    loader: Iterable[dict[str, Tensor]],
     device: torch.device,
-    workers: int = 0,
     amp: bool = True,
     fmt: torch.memory_format = torch.contiguous_format,
 ) -> tuple[float, np.ndarray]:
-    """(mAP, per-class AP) of ``model`` on ``dataset`` (padded-square inputs, no crops)."""
+    """(mAP, per-class AP) of ``model`` on the batches of ``loader`` (`make_val_loader`)."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch, num_workers=loop.limit_cv2_threads(workers))
     scores, labels = [], []
     for b in loader:
         images = normalize(b["image"].to(device)).contiguous(memory_format=fmt)
