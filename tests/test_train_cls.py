@@ -250,3 +250,12 @@ def test_classifier_learns_well_above_chance(tmp_path_factory):
     with (run / "metrics.csv").open() as f:
         val = [float(r["val_map"]) for r in csv.DictReader(f) if r["val_map"]]
     assert len(val) >= 5 and val[-1] > val[0]  # validated every epoch, and improved
+
+
+def test_plan_line_states_the_wsd_tail_in_force(monkeypatch):
+    # benchmarks/demo_cls_probe.py --wsd-tail sets it for a probe; its log must say so.
+    from ddn.train import cls, schedule
+
+    assert "last 20%" in cls._schedule("wsd", 0, ())
+    monkeypatch.setattr(schedule, "WSD_TAIL", 0.4)
+    assert "last 40%" in cls._schedule("wsd", 0, ())

@@ -28,12 +28,12 @@ from torch.utils.data import DataLoader
 
 from ddn.metrics import mean_average_precision
 from ddn.models import Classifier, normalize
-from ddn.train import checkpoint, loop, start
+from ddn.train import checkpoint, loop, schedule, start
 from ddn.train.balance import balance_weight, parse_weight
 from ddn.train.config import ClsConfig
 from ddn.train.distributed import DistInfo, StepBatchSampler, barrier
 from ddn.train.run_files import save_model
-from ddn.train.schedule import DECAYS, WSD_TAIL, LRSchedule
+from ddn.train.schedule import DECAYS, LRSchedule
 from ddn.train.tensorboard import open_board
 from pipeline.errors import UserError
 from pipeline.readers import WeakDataset
@@ -226,7 +226,7 @@ def _schedule(decay: str, warmup: int, milestones: tuple[int, ...]) -> str:
     else:
         after = {
             "cosine": "cosine decay to 0",
-            "wsd": f"constant lr, linear decay to 0 over the last {WSD_TAIL:.0%}",
+            "wsd": f"constant lr, linear decay to 0 over the last {schedule.WSD_TAIL:.0%}",
         }.get(decay, "constant lr")
     return f"{warmup} warm-up steps, then {after}" if warmup else after
 
