@@ -76,7 +76,7 @@ def time_step(width: float, batch: int, size: int, steps: int = 10) -> dict[str,
 def split_map(demo_dir: Path) -> dict[str, float]:
     """mAP of a demo run's classifier on its training images (no augmentation) and on val:
     whether more steps or more images would serve it (no gap: steps)."""
-    from ddn.train.cls import evaluate
+    from ddn.train.cls import evaluate, make_val_loader
     from ddn.trained_runs import load_classifier
 
     model, _, config = load_classifier(demo_dir / "cls", "cpu")
@@ -85,7 +85,8 @@ def split_map(demo_dir: Path) -> dict[str, float]:
         images = readers.WeakDataset(
             demo_dir / "prepared", config["input_size"], train=False, source=source
         )
-        out[source] = evaluate(model, images, 64, torch.device("cpu"), DEMO["workers"])[0]
+        loader = make_val_loader(images, 64, DEMO["workers"])
+        out[source] = evaluate(model, loader, torch.device("cpu"), amp=False)[0]
     return out
 
 
