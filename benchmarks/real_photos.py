@@ -11,8 +11,8 @@ For each strong count (``--per-class``, default 5) and each method (``--methods`
 
 then ``ddn eval --json`` on the val split. Every network starts from the ImageNet VGG-16
 convolutions in ``--weights``. Defaults: ``../shared/data/msrc_things`` (folder format,
-15 object classes, multi-label, background-only images) at 128 px, sized for about an
-hour on 2 CPU cores (``benchmarks/RESULTS.md`` has the times).
+15 object classes, multi-label, background-only images) at 128 px, sized for an hour on
+an idle 2-core CPU (61 min measured; ``benchmarks/RESULTS.md`` has the times).
 
 Writes ``OUT/real_photos.md`` (per-class IoU table, mIoU, margins, classifier mAP, the
 commands and their times) and ``OUT/real_photos.json``; the last line printed is the JSON
